@@ -1,0 +1,89 @@
+"""deepln: very deep, stably trained BERT- and GPT-style Transformers for the Hugging Face ecosystem.
+
+Importing the package registers both configs and every model class with transformers' Auto classes, so
+``AutoModelForCausalLM.from_pretrained(folder)`` works without ``trust_remote_code`` when deepln is installed.
+Saved folders also carry the model code (remote code) and load with ``trust_remote_code=True`` where it is not.
+"""
+
+from __future__ import annotations
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+)
+
+from .configuration_deepln import DeepLNBertConfig, DeepLNGPTConfig
+from .modeling_deepln_bert import (
+    DeepLNBertForMaskedLM,
+    DeepLNBertForSequenceClassification,
+    DeepLNBertModel,
+    DeepLNBertPreTrainedModel,
+)
+from .modeling_deepln_gpt import (
+    DeepLNGPTForCausalLM,
+    DeepLNGPTForSequenceClassification,
+    DeepLNGPTModel,
+    DeepLNGPTPreTrainedModel,
+)
+from .presets import PRESETS_DIR, available_presets, load_preset
+from .residual_deepln import RESIDUAL_SCHEMES, ResidualScheme, get_residual_scheme
+
+__version__ = "0.1.0"
+
+_AUTO_CLASSES = (
+    (DeepLNBertConfig, AutoModel, DeepLNBertModel),
+    (DeepLNBertConfig, AutoModelForMaskedLM, DeepLNBertForMaskedLM),
+    (DeepLNBertConfig, AutoModelForSequenceClassification, DeepLNBertForSequenceClassification),
+    (DeepLNGPTConfig, AutoModel, DeepLNGPTModel),
+    (DeepLNGPTConfig, AutoModelForCausalLM, DeepLNGPTForCausalLM),
+    (DeepLNGPTConfig, AutoModelForSequenceClassification, DeepLNGPTForSequenceClassification),
+)
+
+
+def _register() -> None:
+    """Register with the Auto classes (local use) and for ``save_pretrained`` to copy the code (remote use)."""
+    for config_class in (DeepLNBertConfig, DeepLNGPTConfig):
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        config_class.register_for_auto_class()
+    for config_class, auto_class, model_class in _AUTO_CLASSES:
+        auto_class.register(config_class, model_class, exist_ok=True)
+        model_class.register_for_auto_class(auto_class.__name__)
+    _register_peft_targets()
+
+
+def _register_peft_targets() -> None:
+    """Tell peft which modules LoRA targets by default on deepln models (as it knows for GPT-2, BERT, ...)."""
+    try:
+        from peft.utils import constants
+    except Exception:  # peft is optional
+        return
+    for mapping_name in ("TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING",):
+        mapping = getattr(constants, mapping_name, None)
+        if isinstance(mapping, dict):
+            for model_type in (DeepLNBertConfig.model_type, DeepLNGPTConfig.model_type):
+                mapping.setdefault(model_type, ["q_proj", "v_proj"])
+
+
+_register()
+
+__all__ = [
+    "DeepLNBertConfig",
+    "DeepLNGPTConfig",
+    "DeepLNBertPreTrainedModel",
+    "DeepLNBertModel",
+    "DeepLNBertForMaskedLM",
+    "DeepLNBertForSequenceClassification",
+    "DeepLNGPTPreTrainedModel",
+    "DeepLNGPTModel",
+    "DeepLNGPTForCausalLM",
+    "DeepLNGPTForSequenceClassification",
+    "RESIDUAL_SCHEMES",
+    "ResidualScheme",
+    "get_residual_scheme",
+    "PRESETS_DIR",
+    "available_presets",
+    "load_preset",
+]

@@ -1,0 +1,357 @@
+"""Configurations of the deepln models: :class:`DeepLNBertConfig` and :class:`DeepLNGPTConfig`.
+
+Both use transformers' usual field names (``hidden_size``, ``num_hidden_layers``, ...) and add one field,
+``residual_norm``, that selects the residual-normalization scheme (``post_ln``, ``pre_ln``, ``deepnorm``,
+``upscale_ln``, ``foundation_ln``, ``normformer``; see :mod:`residual_deepln`). Every value is checked when
+the config is built, so a wrong value fails early with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from transformers import PretrainedConfig
+
+from .residual_deepln import RESIDUAL_SCHEMES, get_residual_scheme
+
+HEAD_SCALE_POSITIONS = ("before_out_proj", "after_out_proj")
+
+_BERT_AUTO_MAP = {
+    "AutoConfig": "configuration_deepln.DeepLNBertConfig",
+    "AutoModel": "modeling_deepln_bert.DeepLNBertModel",
+    "AutoModelForMaskedLM": "modeling_deepln_bert.DeepLNBertForMaskedLM",
+    "AutoModelForSequenceClassification": "modeling_deepln_bert.DeepLNBertForSequenceClassification",
+}
+_GPT_AUTO_MAP = {
+    "AutoConfig": "configuration_deepln.DeepLNGPTConfig",
+    "AutoModel": "modeling_deepln_gpt.DeepLNGPTModel",
+    "AutoModelForCausalLM": "modeling_deepln_gpt.DeepLNGPTForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_deepln_gpt.DeepLNGPTForSequenceClassification",
+}
+
+
+class _DeepLNConfig(PretrainedConfig):
+    """Fields and validation shared by the BERT and GPT configs (not registered itself)."""
+
+    _deepln_auto_map = {}  # no annotation: transformers turns config classes into dataclasses
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        num_hidden_layers: int,
+        num_attention_heads: int,
+        intermediate_size: int | None,
+        max_position_embeddings: int,
+        hidden_act: str,
+        hidden_dropout_prob: float,
+        attention_probs_dropout_prob: float,
+        layer_norm_eps: float,
+        initializer_range: float,
+        residual_norm: str,
+        residual_alpha: float | None,
+        residual_beta: float | None,
+        scale_output_init: bool,
+        normformer_head_scale: bool,
+        normformer_attn_norm: bool,
+        normformer_ffn_norm: bool,
+        normformer_residual_scale: bool,
+        normformer_head_scale_position: str,
+        tie_word_embeddings: bool,
+        use_cache: bool,
+        pad_token_id: int | None,
+        bos_token_id: int | None,
+        eos_token_id: int | None,
+        **kwargs: Any,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size if intermediate_size is not None else 4 * hidden_size
+        self.max_position_embeddings = max_position_embeddings
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.residual_norm = residual_norm
+        self.residual_alpha = residual_alpha
+        self.residual_beta = residual_beta
+        self.scale_output_init = scale_output_init
+        self.normformer_head_scale = normformer_head_scale
+        self.normformer_attn_norm = normformer_attn_norm
+        self.normformer_ffn_norm = normformer_ffn_norm
+        self.normformer_residual_scale = normformer_residual_scale
+        self.normformer_head_scale_position = normformer_head_scale_position
+        self.tie_word_embeddings = tie_word_embeddings
+        self.use_cache = use_cache
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self._reject_misspelt_fields(kwargs)
+        # A complete auto_map, so AutoModel / any head loads a folder saved from any head (remote code).
+        kwargs.setdefault("auto_map", dict(self._deepln_auto_map))
+        super().__init__(**kwargs)
+        self.validate_deepln()
+
+    # ------------------------------------------------------------------------------------------------------
+    @property
+    def residual_scheme(self):
+        """The :class:`~residual_deepln.ResidualScheme` object selected by ``residual_norm``."""
+        return get_residual_scheme(self.residual_norm)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def _reject_misspelt_fields(self, kwargs: dict[str, Any]) -> None:
+        """transformers keeps unknown keyword arguments silently; reject those that look like a typo of ours."""
+        own = [name for name in vars(self) if not name.startswith("_")]
+        for key in kwargs:
+            if key in own:
+                continue
+            close = difflib.get_close_matches(key, own, n=1, cutoff=0.85)
+            if close:
+                raise ValueError(
+                    f"{type(self).__name__} got an unknown field {key!r}; did you mean {close[0]!r}?"
+                )
+
+    def validate_deepln(self) -> None:
+        """Check every deepln field; raise ``ValueError`` saying what is wrong and how to fix it."""
+        name = type(self).__name__
+        get_residual_scheme(self.residual_norm)  # unknown scheme -> ValueError listing the choices
+        for field in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+        ):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}.{field} must be a positive integer, got {value!r}.")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"{name}: hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads}); pick a head count that divides it."
+            )
+        for field in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name}.{field} must be a probability in [0, 1), got {value!r}.")
+        for field in ("layer_norm_eps", "initializer_range"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name}.{field} must be a positive number, got {value!r}.")
+        for field in ("residual_alpha", "residual_beta"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+                raise ValueError(
+                    f"{name}.{field} must be a positive number or None (the scheme's formula), got {value!r}."
+                )
+        if self.normformer_head_scale_position not in HEAD_SCALE_POSITIONS:
+            raise ValueError(
+                f"{name}.normformer_head_scale_position must be one of {HEAD_SCALE_POSITIONS}, "
+                f"got {self.normformer_head_scale_position!r}."
+            )
+        from transformers.activations import ACT2FN
+
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(
+                f"{name}.hidden_act {self.hidden_act!r} is not a transformers activation; "
+                "use e.g. 'gelu' (BERT), 'gelu_new' (GPT-2) or 'relu'."
+            )
+
+    # Helpers used by the model code -------------------------------------------------------------------------
+    @property
+    def uses_head_scale(self) -> bool:
+        return self.residual_scheme.normformer and self.normformer_head_scale
+
+    @property
+    def uses_attn_branch_norm(self) -> bool:
+        return self.residual_scheme.normformer and self.normformer_attn_norm
+
+    @property
+    def uses_ffn_mid_norm(self) -> bool:
+        return self.residual_scheme.normformer and self.normformer_ffn_norm
+
+    @property
+    def uses_residual_scale(self) -> bool:
+        return self.residual_scheme.normformer and self.normformer_residual_scale
+
+
+class DeepLNBertConfig(_DeepLNConfig):
+    r"""Configuration of a deepln BERT (bidirectional encoder, MLM / sequence classification).
+
+    Field names and defaults follow ``transformers.BertConfig`` (bert-base shapes), with the depth and the
+    residual-normalization scheme on top. The BERT-1k preset of the FoundationLayerNorm paper is
+    ``configuration/bert-1k.json``.
+
+    Args:
+        vocab_size: number of token ids (30,522 for the original uncased WordPiece).
+        hidden_size, num_hidden_layers, num_attention_heads: the model's width, depth and head count.
+        intermediate_size: FFN inner size; ``None`` means ``4 * hidden_size``.
+        max_position_embeddings: longest sequence the model accepts.
+        type_vocab_size: number of segment (token type) ids.
+        hidden_act: FFN activation, a key of ``transformers.activations.ACT2FN``.
+        hidden_dropout_prob, attention_probs_dropout_prob: dropout on sublayer outputs / attention probs.
+        classifier_dropout: dropout before the sequence-classification head (``None``: ``hidden_dropout_prob``).
+        layer_norm_eps, initializer_range: LayerNorm epsilon and the std of the standard ``N(0, σ)`` init.
+        residual_norm: the scheme: ``post_ln`` (default, BERT), ``pre_ln``, ``deepnorm``, ``upscale_ln``,
+            ``foundation_ln`` or ``normformer``.
+        residual_alpha: override the scheme's residual multiplier α (``None``: the scheme's formula).
+        residual_beta: override DeepNorm's init gain β (``None``: the formula; other schemes: standard init).
+        scale_output_init: init the attention-output and FFN-output weights with ``σ/sqrt(2N)``
+            (GPT-2/Megatron scaled init) in schemes without β.
+        normformer_head_scale, normformer_attn_norm, normformer_ffn_norm, normformer_residual_scale:
+            NormFormer's switches (used only when ``residual_norm="normformer"``).
+        normformer_head_scale_position: ``"before_out_proj"`` (paper) or ``"after_out_proj"`` (fairseq).
+        tie_word_embeddings: tie the MLM decoder to the word embeddings.
+    """
+
+    model_type = "deepln_bert"
+    _deepln_auto_map = _BERT_AUTO_MAP
+
+    def __init__(
+        self,
+        vocab_size: int = 30522,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int | None = 3072,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.1,
+        classifier_dropout: float | None = None,
+        layer_norm_eps: float = 1e-12,
+        initializer_range: float = 0.02,
+        residual_norm: str = "post_ln",
+        residual_alpha: float | None = None,
+        residual_beta: float | None = None,
+        scale_output_init: bool = False,
+        normformer_head_scale: bool = True,
+        normformer_attn_norm: bool = True,
+        normformer_ffn_norm: bool = True,
+        normformer_residual_scale: bool = False,
+        normformer_head_scale_position: str = "before_out_proj",
+        tie_word_embeddings: bool = True,
+        use_cache: bool = False,
+        pad_token_id: int | None = 0,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        **kwargs: Any,
+    ):
+        self.type_vocab_size = type_vocab_size
+        self.classifier_dropout = classifier_dropout
+        super().__init__(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            intermediate_size=intermediate_size,
+            max_position_embeddings=max_position_embeddings,
+            hidden_act=hidden_act,
+            hidden_dropout_prob=hidden_dropout_prob,
+            attention_probs_dropout_prob=attention_probs_dropout_prob,
+            layer_norm_eps=layer_norm_eps,
+            initializer_range=initializer_range,
+            residual_norm=residual_norm,
+            residual_alpha=residual_alpha,
+            residual_beta=residual_beta,
+            scale_output_init=scale_output_init,
+            normformer_head_scale=normformer_head_scale,
+            normformer_attn_norm=normformer_attn_norm,
+            normformer_ffn_norm=normformer_ffn_norm,
+            normformer_residual_scale=normformer_residual_scale,
+            normformer_head_scale_position=normformer_head_scale_position,
+            tie_word_embeddings=tie_word_embeddings,
+            use_cache=use_cache,
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            **kwargs,
+        )
+        if isinstance(type_vocab_size, bool) or not isinstance(type_vocab_size, int) or type_vocab_size <= 0:
+            raise ValueError(f"DeepLNBertConfig.type_vocab_size must be a positive integer, got {type_vocab_size!r}.")
+
+
+class DeepLNGPTConfig(_DeepLNConfig):
+    r"""Configuration of a deepln GPT (causal decoder, language modeling / sequence classification).
+
+    Field names follow BERT/Llama (``hidden_size``, ``num_hidden_layers``, ...); defaults are GPT-2 small's
+    shapes with the Pre-LN scheme, so ``DeepLNGPTConfig()`` is GPT-2. The GPT-1k preset of the
+    FoundationLayerNorm paper is ``configuration/gpt-1k.json``. Arguments are those of
+    :class:`DeepLNBertConfig` without the segment fields; ``residual_norm`` defaults to ``pre_ln``.
+    ``use_cache`` enables the KV cache in generation.
+    """
+
+    model_type = "deepln_gpt"
+    _deepln_auto_map = _GPT_AUTO_MAP
+
+    def __init__(
+        self,
+        vocab_size: int = 50257,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int | None = None,
+        max_position_embeddings: int = 1024,
+        hidden_act: str = "gelu_new",
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.1,
+        embedding_dropout_prob: float | None = None,
+        layer_norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        residual_norm: str = "pre_ln",
+        residual_alpha: float | None = None,
+        residual_beta: float | None = None,
+        scale_output_init: bool = False,
+        normformer_head_scale: bool = True,
+        normformer_attn_norm: bool = True,
+        normformer_ffn_norm: bool = True,
+        normformer_residual_scale: bool = False,
+        normformer_head_scale_position: str = "before_out_proj",
+        tie_word_embeddings: bool = True,
+        use_cache: bool = True,
+        pad_token_id: int | None = None,
+        bos_token_id: int | None = 50256,
+        eos_token_id: int | None = 50256,
+        **kwargs: Any,
+    ):
+        self.embedding_dropout_prob = embedding_dropout_prob
+        super().__init__(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            intermediate_size=intermediate_size,
+            max_position_embeddings=max_position_embeddings,
+            hidden_act=hidden_act,
+            hidden_dropout_prob=hidden_dropout_prob,
+            attention_probs_dropout_prob=attention_probs_dropout_prob,
+            layer_norm_eps=layer_norm_eps,
+            initializer_range=initializer_range,
+            residual_norm=residual_norm,
+            residual_alpha=residual_alpha,
+            residual_beta=residual_beta,
+            scale_output_init=scale_output_init,
+            normformer_head_scale=normformer_head_scale,
+            normformer_attn_norm=normformer_attn_norm,
+            normformer_ffn_norm=normformer_ffn_norm,
+            normformer_residual_scale=normformer_residual_scale,
+            normformer_head_scale_position=normformer_head_scale_position,
+            tie_word_embeddings=tie_word_embeddings,
+            use_cache=use_cache,
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            **kwargs,
+        )
+
+
+__all__ = ["DeepLNBertConfig", "DeepLNGPTConfig", "RESIDUAL_SCHEMES"]

@@ -1,0 +1,347 @@
+"""Building blocks shared by the deepln BERT and GPT models.
+
+* :class:`DeepLNAttention`: multi-head self-attention through transformers' attention interface
+  (``eager``, ``sdpa``, flash, ...), with NormFormer's optional per-head scales.
+* :class:`DeepLNMLP`: the position-wise feed-forward network, with NormFormer's optional mid LayerNorm.
+* :class:`DeepLNBlock`: one Transformer layer: two :class:`~residual_deepln.ResidualConnection` s (attention,
+  FFN) whose normalization and residual rule come from the config's residual scheme.
+* :class:`DeepLNPreTrainedModel`: the shared ``PreTrainedModel`` base with the scheme-aware weight init.
+* :func:`run_blocks`: the layer loop both models use (hidden states, attentions, cache).
+* :func:`check_input_ids` and :func:`check_sequence_length`: early, readable errors for bad inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_deepln import _DeepLNConfig
+from .residual_deepln import ResidualConnection
+
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+"""Name of the KV-cache field of transformers' model outputs: ``cache`` from 5.24, ``past_key_values`` before."""
+
+# Roles of the Linear layers in a block, used by the init rules (tags on the leaf modules, see hf-v5 notes:
+# remote-code init must dispatch on leaves, not on the attention/MLP containers).
+QUERY, KEY, VALUE, ATTN_OUT, FFN_IN, FFN_OUT = "query", "key", "value", "attn_out", "ffn_in", "ffn_out"
+BETA_ROLES = (VALUE, ATTN_OUT, FFN_IN, FFN_OUT)  # DeepNorm's β targets (not queries and keys)
+OUTPUT_ROLES = (ATTN_OUT, FFN_OUT)  # residual-branch output projections (GPT-2 scaled init)
+
+
+def _tag(linear: nn.Linear, role: str) -> nn.Linear:
+    linear._deepln_role = role
+    return linear
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``softmax(Q·Kᵀ·scaling + mask)·V`` on ``[batch, heads, seq, head_dim]`` tensors.
+
+    Returns the output as ``[batch, seq, heads, head_dim]`` (the attention-interface convention) and the
+    attention probabilities. ``attention_mask`` is additive (0 / large negative), as built by
+    ``transformers.masking_utils`` for the eager implementation.
+    """
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, weights
+
+
+class DeepLNAttention(nn.Module):
+    """Multi-head self-attention ``softmax(QKᵀ/√d_h)V·W^O`` with separate ``q_proj``, ``k_proj``, ``v_proj``
+    and ``out_proj`` (the names LoRA and other adapters target).
+
+    NormFormer's HeadScale (``config.uses_head_scale``) multiplies head ``i``'s output by a learned scalar
+    ``γ_i`` (init 1), before ``W^O`` as in the paper (arXiv 2110.09456 §2) or after it as in fairseq
+    (``normformer_head_scale_position="after_out_proj"``).
+    """
+
+    def __init__(self, config: _DeepLNConfig, layer_idx: int, is_causal: bool):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.is_causal = is_causal
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.num_key_value_groups = 1
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_probs_dropout_prob
+        d = config.hidden_size
+        self.q_proj = _tag(nn.Linear(d, d), QUERY)
+        self.k_proj = _tag(nn.Linear(d, d), KEY)
+        self.v_proj = _tag(nn.Linear(d, d), VALUE)
+        self.out_proj = _tag(nn.Linear(d, d), ATTN_OUT)
+        self.head_scale = nn.Parameter(torch.ones(self.num_heads)) if config.uses_head_scale else None
+        self.head_scale_before_out_proj = config.normformer_head_scale_position == "before_out_proj"
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Any | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, length, _ = hidden_states.shape
+        shape = (batch, length, self.num_heads, self.head_dim)
+        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )  # output: [batch, length, heads, head_dim]
+        if self.head_scale is not None and self.head_scale_before_out_proj:
+            output = output * self.head_scale[:, None].to(output.dtype)
+        output = self.out_proj(output.reshape(batch, length, -1))
+        if self.head_scale is not None and not self.head_scale_before_out_proj:
+            output = (output.view(shape) * self.head_scale[:, None].to(output.dtype)).reshape(batch, length, -1)
+        return output, weights
+
+
+class DeepLNMLP(nn.Module):
+    """Feed-forward network ``fc2(φ(fc1(x)))``; with NormFormer's mid LayerNorm ``fc2(LN(φ(fc1(x))))``."""
+
+    def __init__(self, config: _DeepLNConfig):
+        super().__init__()
+        self.fc1 = _tag(nn.Linear(config.hidden_size, config.intermediate_size), FFN_IN)
+        self.act = ACT2FN[config.hidden_act]
+        self.mid_norm = (
+            nn.LayerNorm(config.intermediate_size, eps=config.layer_norm_eps) if config.uses_ffn_mid_norm else None
+        )
+        self.fc2 = _tag(nn.Linear(config.intermediate_size, config.hidden_size), FFN_OUT)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.act(self.fc1(hidden_states))
+        if self.mid_norm is not None:
+            hidden_states = self.mid_norm(hidden_states)
+        return self.fc2(hidden_states)
+
+
+class DeepLNBlock(GradientCheckpointingLayer):
+    """One Transformer layer: self-attention then FFN, each inside the scheme's residual connection.
+
+    ``x = attention_residual(x, attention)``; ``x = mlp_residual(x, mlp)``. For Post-LN this is BERT's layer,
+    for Pre-LN GPT-2's block, for DeepNorm ``LN(α·x + G(x))`` (see :mod:`residual_deepln`).
+    """
+
+    def __init__(self, config: _DeepLNConfig, layer_idx: int, is_causal: bool):
+        super().__init__()
+        self.attention = DeepLNAttention(config, layer_idx, is_causal)
+        self.attention_residual = ResidualConnection(config, branch_norm=config.uses_attn_branch_norm)
+        self.mlp = DeepLNMLP(config)
+        self.mlp_residual = ResidualConnection(config, residual_scale=config.uses_residual_scale)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Any | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden_states, attention_weights = self.attention_residual(
+            hidden_states, self.attention, attention_mask=attention_mask, cache=cache, **kwargs
+        )
+        hidden_states, _ = self.mlp_residual(hidden_states, self.mlp)
+        return hidden_states, attention_weights
+
+
+def build_blocks(config: _DeepLNConfig, is_causal: bool) -> nn.ModuleList:
+    """The ``num_hidden_layers`` blocks of a model.
+
+    Built with torch's default parameter init switched off: ``post_init`` initialises every weight with the
+    scheme's rule anyway, and skipping the discarded first init makes a 1,000-layer model build ~1.5x faster.
+    """
+    with init.no_init_weights():
+        return nn.ModuleList(DeepLNBlock(config, i, is_causal) for i in range(config.num_hidden_layers))
+
+
+def run_blocks(
+    layers: nn.ModuleList,
+    final_norm: nn.Module | None,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    cache: Any | None,
+    output_attentions: bool,
+    output_hidden_states: bool,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor | None, ...] | None]:
+    """Run the stack of blocks (and the final LayerNorm of Pre-LN schemes).
+
+    Returns ``(last_hidden_state, all_hidden_states, all_attentions)``; the tuples are ``None`` unless asked for.
+    ``all_hidden_states`` holds the embeddings output and every layer's output (the last one after the final
+    norm), as transformers' models do.
+    """
+    all_hidden_states: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
+    all_attentions: tuple[torch.Tensor | None, ...] | None = () if output_attentions else None
+    for block in layers:
+        if all_hidden_states is not None:
+            all_hidden_states += (hidden_states,)
+        hidden_states, weights = block(hidden_states, attention_mask=attention_mask, cache=cache, **kwargs)
+        if all_attentions is not None:
+            all_attentions += (weights,)
+    if final_norm is not None:
+        hidden_states = final_norm(hidden_states)
+    if all_hidden_states is not None:
+        all_hidden_states += (hidden_states,)
+    return hidden_states, all_hidden_states, all_attentions
+
+
+def check_input_ids(input_ids: torch.Tensor | None, config: _DeepLNConfig) -> None:
+    """Raise ``ValueError`` for token ids outside ``[0, vocab_size)`` (on CUDA they would be a device assert)."""
+    if input_ids is None or input_ids.numel() == 0 or torch.compiler.is_compiling():
+        return
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= config.vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"input_ids contains token id {bad}, outside the model's vocabulary [0, {config.vocab_size}). "
+            "The tokenizer does not match the model: use the model's tokenizer, or call "
+            "model.resize_token_embeddings(len(tokenizer)) before training."
+        )
+
+
+def check_sequence_length(length: int, config: _DeepLNConfig) -> None:
+    """Raise ``ValueError`` when positions would run past ``max_position_embeddings``."""
+    if length > config.max_position_embeddings:
+        raise ValueError(
+            f"Sequence length {length} (including cached tokens) exceeds max_position_embeddings="
+            f"{config.max_position_embeddings}. Truncate the input (tokenizer(..., truncation=True, "
+            f"max_length={config.max_position_embeddings})) or use a model with more positions."
+        )
+
+
+LOSS_KWARGS = ("num_items_in_batch", "ignore_index")
+
+
+def pop_loss_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Remove the loss-only keyword arguments (e.g. Trainer's ``num_items_in_batch``) from ``kwargs``."""
+    return {key: kwargs.pop(key) for key in LOSS_KWARGS if key in kwargs}
+
+
+def keep_last_positions(hidden_states: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """Keep the last ``logits_to_keep`` positions (0 keeps all) or the positions of a 1-D index tensor."""
+    if isinstance(logits_to_keep, int):
+        return hidden_states if logits_to_keep == 0 else hidden_states[:, -logits_to_keep:, :]
+    return hidden_states[:, logits_to_keep, :]
+
+
+class DeepLNPreTrainedModel(PreTrainedModel):
+    """Shared base of the BERT and GPT families: attention backends, checkpointing and the init rules.
+
+    Init (applied once at construction by ``post_init``; ``from_pretrained`` only initialises weights missing
+    from the checkpoint):
+
+    * Embeddings and Linear layers: ``N(0, initializer_range)``, biases 0, LayerNorms weight 1 / bias 0,
+      NormFormer head scales and ResScale 1.
+    * DeepNorm (the scheme has a β): Xavier-normal with gain β for ``v_proj``, ``out_proj``, ``fc1``, ``fc2``
+      and gain 1 for ``q_proj``, ``k_proj`` (DeepNet Fig. 2: ``xavier_normal_(w, gain=β)``).
+    * ``scale_output_init`` (schemes without β): ``out_proj`` and ``fc2`` get ``N(0, σ/√(2N))`` (GPT-2).
+    """
+
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["DeepLNBlock"]
+    _head_prefixes = ("lm_head.", "score.", "classifier.", "bert.pooler.", "pooler.")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.from_pretrained`` with errors that say what is wrong with a checkpoint.
+
+        * A truncated or corrupt safetensors file raises ``OSError`` naming the folder (instead of a bare
+          ``SafetensorError``).
+        * Weights of the right names but the wrong shapes raise ``ValueError`` (unless
+          ``ignore_mismatched_sizes=True``).
+        * A checkpoint that lacks weights of the model body (layers, embeddings, norms: e.g. a 2-layer
+          checkpoint loaded with ``num_hidden_layers=3``) raises ``ValueError``. Missing *heads* (a classifier
+          on top of a pretrained LM) are initialised as usual.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            raise ValueError(
+                f"The weights in {pretrained_model_name_or_path} do not fit the config: some have other shapes "
+                "(see the load report above). Load with the checkpoint's own config.json, or pass "
+                "ignore_mismatched_sizes=True to re-initialise the mismatched weights."
+            ) from error
+        except Exception as error:
+            if type(error).__name__ != "SafetensorError":
+                raise
+            raise OSError(
+                f"The checkpoint in {pretrained_model_name_or_path} is corrupt or truncated ({error}). "
+                "Re-download it (huggingface_hub: force_download=True) or save the model again."
+            ) from error
+        body_missing = [key for key in info.get("missing_keys", ()) if not key.startswith(cls._head_prefixes)]
+        if body_missing:
+            raise ValueError(
+                f"The checkpoint in {pretrained_model_name_or_path} does not fit the config: {len(body_missing)} "
+                f"weights of the model body are missing from it (e.g. {sorted(body_missing)[:3]}). Check "
+                "num_hidden_layers and the other shape fields against the checkpoint's config.json."
+            )
+        return (model, info) if want_info else model
+
+    def _init_weights(self, module: nn.Module) -> None:
+        config = self.config
+        std = config.initializer_range
+        if isinstance(module, nn.Linear):
+            role = getattr(module, "_deepln_role", None)
+            beta = config.residual_scheme.beta(config)
+            if role is not None and beta is not None:
+                init.xavier_normal_(module.weight, gain=beta if role in BETA_ROLES else 1.0)
+            elif role in OUTPUT_ROLES and config.scale_output_init:
+                init.normal_(module.weight, mean=0.0, std=std / math.sqrt(2 * config.num_hidden_layers))
+            else:
+                init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, DeepLNAttention) and module.head_scale is not None:
+            init.ones_(module.head_scale)
+        elif isinstance(module, ResidualConnection) and module.residual_scale is not None:
+            init.ones_(module.residual_scale)

@@ -1,0 +1,284 @@
+"""deepln BERT: a bidirectional encoder of any depth with a selectable residual-normalization scheme.
+
+``DeepLNBertConfig(residual_norm="post_ln")`` is BERT (``modeling_deepln.convert.bert_to_deepln`` converts
+BERT weights and gives the same logits); ``upscale_ln`` is the BERT-1k model of the FoundationLayerNorm paper
+(arXiv 2204.04477); ``deepnorm`` is DeepNet's encoder-only model (arXiv 2203.00555).
+
+Classes: :class:`DeepLNBertModel` (hidden states + pooled [CLS]), :class:`DeepLNBertForMaskedLM`,
+:class:`DeepLNBertForSequenceClassification` (pooled [CLS] → classifier, like ``BertForSequenceClassification``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+)
+
+from .configuration_deepln import DeepLNBertConfig
+from .layers_deepln import (
+    DeepLNPreTrainedModel,
+    build_blocks,
+    check_input_ids,
+    check_sequence_length,
+    pop_loss_kwargs,
+    run_blocks,
+)
+
+class DeepLNBertPreTrainedModel(DeepLNPreTrainedModel):
+    config_class = DeepLNBertConfig
+    base_model_prefix = "bert"
+
+
+class DeepLNBertEmbeddings(nn.Module):
+    """``Dropout(LN(word + position + token_type))``, BERT's embeddings (kept for every scheme)."""
+
+    def __init__(self, config: DeepLNBertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None,
+        token_type_ids: torch.LongTensor | None,
+        position_ids: torch.LongTensor | None,
+        inputs_embeds: torch.FloatTensor | None,
+    ) -> torch.Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        batch, length = inputs_embeds.shape[:2]
+        if position_ids is None:
+            position_ids = torch.arange(length, device=inputs_embeds.device).unsqueeze(0)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros((batch, length), dtype=torch.long, device=inputs_embeds.device)
+        embeddings = inputs_embeds + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.norm(embeddings))
+
+
+class DeepLNBertPooler(nn.Module):
+    """``tanh(W·h_[CLS] + b)``, BERT's pooler."""
+
+    def __init__(self, config: DeepLNBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+class DeepLNBertModel(DeepLNBertPreTrainedModel):
+    """BERT embeddings, ``num_hidden_layers`` bidirectional :class:`DeepLNBlock` s, a final LayerNorm for the
+    Pre-LN schemes, and (optionally) BERT's pooler."""
+
+    def __init__(self, config: DeepLNBertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = DeepLNBertEmbeddings(config)
+        self.layers = build_blocks(config, is_causal=False)
+        scheme = config.residual_scheme
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if scheme.final_norm else None
+        self.pooler = DeepLNBertPooler(config) if add_pooling_layer else None
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""
+        Args:
+            input_ids: token ids ``[batch, seq]`` (or pass ``inputs_embeds`` ``[batch, seq, hidden]``).
+            attention_mask: 1 for tokens to attend to, 0 for padding; optional (no padding assumed).
+            token_type_ids: segment ids (0 for the first sentence, 1 for the second); default all 0.
+            position_ids: positions ``[batch, seq]``; default ``arange(seq)``.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        check_input_ids(input_ids, self.config)
+        length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        check_sequence_length(length, self.config)
+        if token_type_ids is not None and token_type_ids.numel() and int(token_type_ids.max()) >= self.config.type_vocab_size:
+            raise ValueError(
+                f"token_type_ids contains {int(token_type_ids.max())}, but type_vocab_size is "
+                f"{self.config.type_vocab_size}."
+            )
+
+        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+        mask = create_bidirectional_mask(self.config, hidden_states, attention_mask)
+        hidden_states, all_hidden_states, all_attentions = run_blocks(
+            self.layers,
+            self.final_norm,
+            hidden_states,
+            attention_mask=mask,
+            cache=None,
+            output_attentions=bool(output_attentions),
+            output_hidden_states=bool(output_hidden_states),
+            **kwargs,
+        )
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states,
+            pooler_output=self.pooler(hidden_states) if self.pooler is not None else None,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class DeepLNBertLMHead(nn.Module):
+    """BERT's MLM head: ``decoder(LN(act(dense(h))))``; the decoder is tied to the word embeddings."""
+
+    def __init__(self, config: DeepLNBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(self.act(self.dense(hidden_states))))
+
+
+class DeepLNBertForMaskedLM(DeepLNBertPreTrainedModel):
+    """:class:`DeepLNBertModel` (without pooler) with BERT's masked-language-modeling head."""
+
+    _tied_weights_keys = {"lm_head.decoder.weight": "bert.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: DeepLNBertConfig):
+        super().__init__(config)
+        self.bert = DeepLNBertModel(config, add_pooling_layer=False)
+        self.lm_head = DeepLNBertLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head.decoder = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> MaskedLMOutput | tuple:
+        r"""
+        Args:
+            labels: ``[batch, seq]`` original ids at masked positions and -100 elsewhere (as
+                ``DataCollatorForLanguageModeling`` builds them).
+            Other arguments: see :meth:`DeepLNBertModel.forward`.
+        """
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        loss_kwargs = pop_loss_kwargs(kwargs)
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)
+        output = MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class DeepLNBertForSequenceClassification(DeepLNBertPreTrainedModel):
+    """:class:`DeepLNBertModel` with dropout and a linear classifier on the pooled [CLS] vector."""
+
+    def __init__(self, config: DeepLNBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = DeepLNBertModel(config)
+        dropout = config.classifier_dropout
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> SequenceClassifierOutput | tuple:
+        r"""
+        Args:
+            labels: ``[batch]`` class ids (or floats for regression when ``num_labels == 1``).
+            Other arguments: see :meth:`DeepLNBertModel.forward`.
+        """
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        pop_loss_kwargs(kwargs)
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "DeepLNBertPreTrainedModel",
+    "DeepLNBertModel",
+    "DeepLNBertForMaskedLM",
+    "DeepLNBertForSequenceClassification",
+]

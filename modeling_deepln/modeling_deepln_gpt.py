@@ -1,0 +1,286 @@
+"""deepln GPT: a causal decoder of any depth with a selectable residual-normalization scheme.
+
+``DeepLNGPTConfig(residual_norm="pre_ln")`` is GPT-2 (``modeling_deepln.convert.gpt2_to_deepln`` converts
+GPT-2 weights and gives the same logits); ``foundation_ln`` is the GPT-1k model of the FoundationLayerNorm
+paper (arXiv 2204.04477); ``deepnorm`` is DeepNet's decoder-only model (arXiv 2203.00555).
+
+Classes: :class:`DeepLNGPTModel` (hidden states), :class:`DeepLNGPTForCausalLM` (LM head, ``generate`` with
+the KV cache), :class:`DeepLNGPTForSequenceClassification` (pools the last non-padding token, like GPT-2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+)
+from transformers.utils import logging
+
+from .configuration_deepln import DeepLNGPTConfig
+from .layers_deepln import (
+    CACHE_FIELD,
+    DeepLNPreTrainedModel,
+    build_blocks,
+    check_input_ids,
+    check_sequence_length,
+    pop_loss_kwargs,
+    keep_last_positions,
+    run_blocks,
+)
+
+logger = logging.get_logger(__name__)
+
+class DeepLNGPTPreTrainedModel(DeepLNPreTrainedModel):
+    config_class = DeepLNGPTConfig
+    base_model_prefix = "transformer"
+    _supports_cache_class = True
+    _supports_static_cache = False
+
+
+class DeepLNGPTModel(DeepLNGPTPreTrainedModel):
+    """Token + learned position embeddings, ``num_hidden_layers`` causal :class:`DeepLNBlock` s, and a final
+    LayerNorm for the Pre-LN schemes (``pre_ln``, ``normformer``)."""
+
+    def __init__(self, config: DeepLNGPTConfig):
+        super().__init__(config)
+        self.token_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        dropout = config.embedding_dropout_prob
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
+        self.layers = build_blocks(config, is_causal=True)
+        scheme = config.residual_scheme
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if scheme.final_norm else None
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.token_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.token_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast | tuple:
+        r"""
+        Args:
+            input_ids: token ids ``[batch, seq]`` (or pass ``inputs_embeds`` ``[batch, seq, hidden]``).
+            attention_mask: 1 for tokens to attend to, 0 for padding; optional (no padding assumed).
+            position_ids: positions ``[batch, seq]``; default ``past_length + arange(seq)``.
+            cache: a ``transformers`` ``Cache`` of the keys/values already computed (``past_key_values`` is the
+                same argument under its pre-5.24 name).
+            use_cache: return the updated cache (default ``config.use_cache``).
+        """
+        cache = cache if cache is not None else past_key_values
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        output_attentions = bool(output_attentions)
+        output_hidden_states = bool(output_hidden_states)
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        if self.gradient_checkpointing and self.training and use_cache:
+            logger.warning_once("use_cache=True is incompatible with gradient checkpointing; using use_cache=False.")
+            use_cache = False
+
+        if inputs_embeds is None:
+            check_input_ids(input_ids, self.config)
+            inputs_embeds = self.token_embeddings(input_ids)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        length = inputs_embeds.shape[1]
+        check_sequence_length(past_length + length, self.config)
+        if position_ids is None:
+            position_ids = torch.arange(past_length, past_length + length, device=inputs_embeds.device).unsqueeze(0)
+
+        hidden_states = self.dropout(inputs_embeds + self.position_embeddings(position_ids))
+        mask = create_causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids)
+        hidden_states, all_hidden_states, all_attentions = run_blocks(
+            self.layers,
+            self.final_norm,
+            hidden_states,
+            attention_mask=mask,
+            cache=cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            position_ids=position_ids,
+            **kwargs,
+        )
+        output = BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+            **{CACHE_FIELD: cache if use_cache else None},
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
+    """:class:`DeepLNGPTModel` with a linear LM head (tied to the token embeddings when
+    ``config.tie_word_embeddings``). ``labels`` are shifted inside the model, as in GPT-2."""
+
+    _tied_weights_keys = {"lm_head.weight": "transformer.token_embeddings.weight"}
+
+    def __init__(self, config: DeepLNGPTConfig):
+        super().__init__(config)
+        self.transformer = DeepLNGPTModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast | tuple:
+        r"""
+        Args:
+            labels: ``[batch, seq]`` next-token targets, usually ``input_ids``; -100 is ignored. The model shifts
+                them by one position itself.
+            logits_to_keep: compute logits only for the last ``n`` positions (0: all), as ``generate`` asks.
+            Other arguments: see :meth:`DeepLNGPTModel.forward`.
+        """
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        loss_kwargs = pop_loss_kwargs(kwargs)
+        outputs = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache if cache is not None else past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.lm_head(keep_last_positions(outputs.last_hidden_state, logits_to_keep))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)
+        output = CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class DeepLNGPTForSequenceClassification(DeepLNGPTPreTrainedModel):
+    """:class:`DeepLNGPTModel` with a linear classifier on the last non-padding token (GPT-2's rule: the
+    rightmost token that is not ``pad_token_id``, so left and right padding both work)."""
+
+    def __init__(self, config: DeepLNGPTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = DeepLNGPTModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs: Any,
+    ) -> SequenceClassifierOutputWithPast | tuple:
+        r"""
+        Args:
+            labels: ``[batch]`` class ids (or floats for regression when ``num_labels == 1``).
+            Other arguments: see :meth:`DeepLNGPTModel.forward`.
+        """
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        pop_loss_kwargs(kwargs)
+        outputs = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache if cache is not None else past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.score(outputs.last_hidden_state)
+        batch_size = logits.shape[0]
+        pad_token_id = self.config.pad_token_id
+        if pad_token_id is None and batch_size != 1:
+            raise ValueError(
+                "Cannot classify a batch of more than one sequence without config.pad_token_id: set it to the "
+                "tokenizer's pad token id (e.g. model.config.pad_token_id = tokenizer.pad_token_id)."
+            )
+        if pad_token_id is None or input_ids is None:
+            if input_ids is None and pad_token_id is not None:
+                logger.warning_once("Padding cannot be detected in inputs_embeds; pooling the last position.")
+            last_token = torch.full((batch_size,), logits.shape[1] - 1, device=logits.device)
+        else:
+            non_pad = (input_ids != pad_token_id).to(logits.device, torch.int32)
+            positions = torch.arange(input_ids.shape[-1], device=logits.device, dtype=torch.int32)
+            last_token = (positions * non_pad).argmax(-1)
+        pooled_logits = logits[torch.arange(batch_size, device=logits.device), last_token]
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels=labels, pooled_logits=pooled_logits, config=self.config)
+        output = SequenceClassifierOutputWithPast(
+            loss=loss,
+            logits=pooled_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "DeepLNGPTPreTrainedModel",
+    "DeepLNGPTModel",
+    "DeepLNGPTForCausalLM",
+    "DeepLNGPTForSequenceClassification",
+]

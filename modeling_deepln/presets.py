@@ -1,0 +1,71 @@
+"""Model presets: config JSON files in the repository's ``configuration/`` folder, loadable by name.
+
+``load_preset("gpt-1k")`` returns a :class:`DeepLNGPTConfig` built from ``configuration/gpt-1k.json``; keyword
+arguments override fields (``load_preset("bert-1k", num_hidden_layers=48)``). A path to any config JSON file or
+model folder works too. The files are plain ``config.json`` files, so
+``AutoConfig.from_pretrained("configuration/gpt-1k.json")`` reads them as well (after ``import modeling_deepln``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .configuration_deepln import DeepLNBertConfig, DeepLNGPTConfig
+
+
+def _find_presets_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configuration", here.parent / "configuration"):
+        if (candidate / "gpt-1k.json").is_file():
+            return candidate
+    return here / "configuration"
+
+
+PRESETS_DIR = _find_presets_dir()
+"""Folder holding the preset JSON files (inside the installed package, or ``configuration/`` in a checkout)."""
+
+_CONFIG_CLASSES = {cls.model_type: cls for cls in (DeepLNBertConfig, DeepLNGPTConfig)}
+
+
+def available_presets() -> list[str]:
+    """Names of the model presets shipped with deepln (files ``<name>.json`` with a deepln ``model_type``)."""
+    names = []
+    for path in sorted(PRESETS_DIR.glob("*.json")):
+        try:
+            if json.loads(path.read_text()).get("model_type") in _CONFIG_CLASSES:
+                names.append(path.stem)
+        except (OSError, json.JSONDecodeError):
+            continue
+    return names
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """Resolve a preset name (``"gpt-1k"``), a JSON file or a model folder to a config JSON path."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        path = path / "config.json"
+    if path.is_file():
+        return path
+    candidate = PRESETS_DIR / f"{name_or_path}.json"
+    if candidate.is_file():
+        return candidate
+    raise ValueError(
+        f"Unknown preset {str(name_or_path)!r}. Available presets: {', '.join(available_presets()) or 'none'}; "
+        "or pass the path of a config JSON file or a model folder."
+    )
+
+
+def load_preset(name_or_path: str | Path, **overrides: Any) -> DeepLNBertConfig | DeepLNGPTConfig:
+    """Build the config of a preset (or config file / model folder), with ``overrides`` applied."""
+    path = preset_path(name_or_path)
+    data = json.loads(path.read_text())
+    model_type = data.pop("model_type", None)
+    if model_type not in _CONFIG_CLASSES:
+        raise ValueError(
+            f"{path} has model_type {model_type!r}; a deepln preset needs one of {sorted(_CONFIG_CLASSES)}."
+        )
+    data.pop("auto_map", None)
+    data.update(overrides)
+    return _CONFIG_CLASSES[model_type](**data)
