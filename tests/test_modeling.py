@@ -1,0 +1,532 @@
+"""Model-library tests: every value is checked against an independent reference.
+
+References used: transformers' own GPT-2 and BERT (after weight conversion), the DeepNet / FoundationLayerNorm /
+NormFormer formulas computed here from ``methods.md``, the published constant tables, hand-written block
+equations, and saved-and-reloaded copies.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+
+from modeling_deepln import (
+    RESIDUAL_SCHEMES,
+    DeepLNBertConfig,
+    DeepLNBertForMaskedLM,
+    DeepLNBertForSequenceClassification,
+    DeepLNBertModel,
+    DeepLNGPTConfig,
+    DeepLNGPTForCausalLM,
+    DeepLNGPTForSequenceClassification,
+    DeepLNGPTModel,
+    available_presets,
+    load_preset,
+)
+from modeling_deepln.convert import bert_to_deepln, gpt2_to_deepln
+
+SCHEMES = sorted(RESIDUAL_SCHEMES)
+
+
+def tiny_gpt(**overrides) -> DeepLNGPTConfig:
+    fields = dict(
+        vocab_size=97, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=64,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    fields.update(overrides)
+    return DeepLNGPTConfig(**fields)
+
+
+def tiny_bert(**overrides) -> DeepLNBertConfig:
+    fields = dict(
+        vocab_size=97, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    fields.update(overrides)
+    return DeepLNBertConfig(**fields)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Constants: the schemes against the papers' formulas and published tables
+# --------------------------------------------------------------------------------------------------------------
+# DeepNet (arXiv 2203.00555) encoder-only == decoder-only constants, as tabulated in methods.md §9.
+DEEPNORM_TABLE = {
+    12: (2.2133638394, 0.3194715521),
+    24: (2.6321480259, 0.2686424830),
+    48: (3.1301691601, 0.2259005009),
+    100: (3.7606030931, 0.1880301547),
+    1000: (6.6874030498, 0.1057371263),
+}
+
+
+@pytest.mark.parametrize("layers", sorted(DEEPNORM_TABLE))
+@pytest.mark.parametrize("make_config", [tiny_bert, tiny_gpt])
+def test_deepnorm_constants_match_paper_formula_and_table(layers, make_config):
+    config = make_config(residual_norm="deepnorm", num_hidden_layers=layers)
+    alpha, beta = config.residual_scheme.alpha(config), config.residual_scheme.beta(config)
+    assert alpha == pytest.approx((2 * layers) ** 0.25, rel=1e-12)
+    assert beta == pytest.approx((8 * layers) ** -0.25, rel=1e-12)
+    assert (alpha, beta) == pytest.approx(DEEPNORM_TABLE[layers], rel=1e-6)
+    assert alpha**4 == pytest.approx(2 * layers) and beta**-4 == pytest.approx(8 * layers)
+
+
+@pytest.mark.parametrize("layers", [12, 48, 1000])
+def test_upscale_foundation_and_plain_schemes_constants(layers):
+    upscale = tiny_bert(residual_norm="upscale_ln", num_hidden_layers=layers)
+    assert upscale.residual_scheme.alpha(upscale) == pytest.approx((2 * layers) ** 0.25, rel=1e-12)
+    assert upscale.residual_scheme.beta(upscale) is None  # no weight scaling: that is what Upscale LN drops
+    foundation = tiny_gpt(residual_norm="foundation_ln", num_hidden_layers=layers)
+    assert foundation.residual_scheme.alpha(foundation) == 0.974  # depth-independent empirical constant
+    for name in ("post_ln", "pre_ln", "normformer"):
+        config = tiny_gpt(residual_norm=name, num_hidden_layers=layers)
+        assert config.residual_scheme.alpha(config) == 1.0 and config.residual_scheme.beta(config) is None
+
+
+def test_alpha_and_beta_overrides_reach_the_blocks():
+    config = tiny_gpt(residual_norm="deepnorm", residual_alpha=1.5, residual_beta=0.25)
+    model = DeepLNGPTModel(config)
+    assert all(layer.attention_residual.alpha == 1.5 for layer in model.layers)
+    assert config.residual_scheme.beta(config) == 0.25
+
+
+def test_final_norm_only_for_pre_ln_family():
+    for name in SCHEMES:
+        model = DeepLNGPTModel(tiny_gpt(residual_norm=name))
+        assert (model.final_norm is not None) == (name in ("pre_ln", "normformer")), name
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Blocks against their hand-written equations
+# --------------------------------------------------------------------------------------------------------------
+def _layer_norm(x, norm):
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def _attention_by_hand(x, attn, causal, head_scale=None, scale_before=True):
+    b, s, d = x.shape
+    h = attn.num_heads
+    q, k, v = (F.linear(x, p.weight, p.bias).view(b, s, h, d // h).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    scores = q @ k.transpose(-1, -2) / math.sqrt(d // h)
+    if causal:
+        scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf"))
+    heads = scores.softmax(-1) @ v  # [b, h, s, hd]
+    if head_scale is not None and scale_before:
+        heads = heads * head_scale[None, :, None, None]
+    out = F.linear(heads.transpose(1, 2).reshape(b, s, d), attn.out_proj.weight, attn.out_proj.bias)
+    if head_scale is not None and not scale_before:
+        out = (out.view(b, s, h, d // h) * head_scale[None, None, :, None]).reshape(b, s, d)
+    return out
+
+
+def _mlp_by_hand(x, mlp, act, mid_norm=None):
+    hidden = act(F.linear(x, mlp.fc1.weight, mlp.fc1.bias))
+    if mid_norm is not None:
+        hidden = _layer_norm(hidden, mid_norm)
+    return F.linear(hidden, mlp.fc2.weight, mlp.fc2.bias)
+
+
+def _randomize(module):
+    """Non-trivial LayerNorm/scale parameters, so that a mix-up between them would show."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if name.endswith(("norm.weight", "head_scale", "residual_scale")):
+                param.copy_(1 + 0.3 * torch.randn_like(param))
+            elif name.endswith("norm.bias"):
+                param.copy_(0.1 * torch.randn_like(param))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("causal", [True, False])
+def test_block_matches_hand_written_equation(scheme, causal):
+    layers = 7
+    make = tiny_gpt if causal else tiny_bert
+    config = make(residual_norm=scheme, num_hidden_layers=layers, normformer_residual_scale=True, hidden_act="gelu")
+    model = (DeepLNGPTModel if causal else DeepLNBertModel)(config).eval()
+    block = model.layers[2]
+    _randomize(block)
+    x = torch.randn(2, 5, 32)
+    got, _ = block(x)
+    gelu = lambda t: F.gelu(t)  # noqa: E731
+    a = {"post_ln": 1.0, "deepnorm": (2 * layers) ** 0.25, "upscale_ln": (2 * layers) ** 0.25, "foundation_ln": 0.974}
+    ln_a, ln_m = block.attention_residual.norm, block.mlp_residual.norm
+    if scheme in a:  # x = LN(α x + G(x))
+        h = _layer_norm(a[scheme] * x + _attention_by_hand(x, block.attention, causal), ln_a)
+        want = _layer_norm(a[scheme] * h + _mlp_by_hand(h, block.mlp, gelu), ln_m)
+    elif scheme == "pre_ln":  # x = x + G(LN(x))
+        h = x + _attention_by_hand(_layer_norm(x, ln_a), block.attention, causal)
+        want = h + _mlp_by_hand(_layer_norm(h, ln_m), block.mlp, gelu)
+    else:  # NormFormer: x' = x + LN_post(HeadScaleMHA(LN(x))); x = λ⊙x' + fc2(LN_mid(φ(fc1(LN(x')))))
+        attn = block.attention
+        h = x + _layer_norm(
+            _attention_by_hand(_layer_norm(x, ln_a), attn, causal, head_scale=attn.head_scale),
+            block.attention_residual.branch_norm,
+        )
+        want = block.mlp_residual.residual_scale * h + _mlp_by_hand(
+            _layer_norm(h, ln_m), block.mlp, gelu, mid_norm=block.mlp.mid_norm
+        )
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_normformer_head_scale_after_out_proj_matches_fairseq_form():
+    config = tiny_gpt(residual_norm="normformer", normformer_head_scale_position="after_out_proj")
+    attn = DeepLNGPTModel(config).eval().layers[0].attention
+    _randomize(attn)
+    x = torch.randn(2, 5, 32)
+    got, _ = attn(x)
+    want = _attention_by_hand(x, attn, causal=True, head_scale=attn.head_scale, scale_before=False)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("d,d_ff,h", [(768, 3072, 12), (64, 256, 2)])
+def test_normformer_extra_parameter_count(d, d_ff, h):
+    """NormFormer adds 2d + 2·d_ff + h parameters per layer (+d with ResScale), methods.md §6.2."""
+    base = dict(hidden_size=d, intermediate_size=d_ff, num_attention_heads=h, num_hidden_layers=2, vocab_size=50)
+    count = lambda **kw: sum(p.numel() for p in DeepLNGPTModel(tiny_gpt(**base, **kw)).parameters())  # noqa: E731
+    plain = count(residual_norm="pre_ln")
+    assert count(residual_norm="normformer") - plain == 2 * (2 * d + 2 * d_ff + h)
+    assert count(residual_norm="normformer", normformer_residual_scale=True) - plain == 2 * (3 * d + 2 * d_ff + h)
+    assert count(residual_norm="normformer", normformer_head_scale=False, normformer_attn_norm=False,
+                 normformer_ffn_norm=False) == plain
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Init rules
+# --------------------------------------------------------------------------------------------------------------
+def _pooled_std(model, attribute_path):
+    tensors = []
+    for layer in model.layers:
+        module = layer
+        for part in attribute_path.split("."):
+            module = getattr(module, part)
+        tensors.append(module.weight.detach().flatten())
+    return torch.cat(tensors).std().item()
+
+
+def test_deepnorm_init_matches_xavier_with_beta_on_bert_1k_shapes():
+    """BERT-1k shapes with DeepNorm: Xavier-normal std β·sqrt(2/(fan_in+fan_out)) on v/out/fc1/fc2, gain 1 on
+    q/k (methods.md §3.4 test vectors 0.00835925 / 0.01321714 / 0.125)."""
+    torch.manual_seed(0)
+    model = DeepLNBertModel(load_preset("bert-1k", residual_norm="deepnorm", num_hidden_layers=1000))
+    beta = (8 * 1000) ** -0.25
+    xavier = lambda fan_in, fan_out, gain: gain * math.sqrt(2 / (fan_in + fan_out))  # noqa: E731
+    expected = {
+        "attention.q_proj": xavier(64, 64, 1.0),
+        "attention.k_proj": xavier(64, 64, 1.0),
+        "attention.v_proj": xavier(64, 64, beta),
+        "attention.out_proj": xavier(64, 64, beta),
+        "mlp.fc1": xavier(64, 256, beta),
+        "mlp.fc2": xavier(256, 64, beta),
+    }
+    assert expected["mlp.fc1"] == pytest.approx(0.00835925, rel=1e-5)
+    assert expected["attention.v_proj"] == pytest.approx(0.01321714, rel=1e-5)
+    for path, std in expected.items():
+        assert _pooled_std(model, path) == pytest.approx(std, rel=0.01), path
+    assert all(float(layer.mlp.fc1.bias.detach().abs().max()) == 0.0 for layer in model.layers[:10])
+    assert model.embeddings.word_embeddings.weight.std().item() == pytest.approx(0.02, rel=0.01)
+
+
+@pytest.mark.parametrize("scheme", ["post_ln", "upscale_ln", "foundation_ln", "pre_ln"])
+def test_standard_init_and_gpt2_scaled_output_init(scheme):
+    torch.manual_seed(0)
+    layers = 40
+    config = tiny_gpt(residual_norm=scheme, num_hidden_layers=layers, hidden_size=64, intermediate_size=256)
+    model = DeepLNGPTModel(config)
+    for path in ("attention.q_proj", "attention.v_proj", "attention.out_proj", "mlp.fc1", "mlp.fc2"):
+        assert _pooled_std(model, path) == pytest.approx(0.02, rel=0.02), path
+    scaled = DeepLNGPTModel(tiny_gpt(residual_norm=scheme, num_hidden_layers=layers, hidden_size=64,
+                                     intermediate_size=256, scale_output_init=True))
+    for path in ("attention.out_proj", "mlp.fc2"):
+        assert _pooled_std(scaled, path) == pytest.approx(0.02 / math.sqrt(2 * layers), rel=0.02), path
+    assert _pooled_std(scaled, "mlp.fc1") == pytest.approx(0.02, rel=0.02)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_init_survives_from_pretrained_and_reload_is_exact(scheme, tmp_path):
+    """Weights (incl. DeepNorm's β-scaled ones and NormFormer's scales) are not re-initialised on load."""
+    config = tiny_gpt(residual_norm=scheme, normformer_residual_scale=True)
+    model = DeepLNGPTForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("head_scale", "residual_scale")):
+                param.fill_(7.0)
+    model.save_pretrained(tmp_path / "a")
+    first = DeepLNGPTForCausalLM.from_pretrained(tmp_path / "a").eval()
+    first.save_pretrained(tmp_path / "b")  # twice, as transformers' test_save_load does
+    second = DeepLNGPTForCausalLM.from_pretrained(tmp_path / "b").eval()
+    for reloaded in (first, second):
+        for (name, want), (_, got) in zip(model.state_dict().items(), reloaded.state_dict().items()):
+            assert torch.equal(want, got), name
+    ids = torch.randint(3, 97, (2, 9))
+    torch.testing.assert_close(model(ids).logits, second(ids).logits, atol=0, rtol=0)
+    assert second.transformer.layers[0].attention_residual.alpha == model.transformer.layers[0].attention_residual.alpha
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Independent reference: transformers' GPT-2 and BERT after conversion
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layers", [1, 3, 6])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_pre_ln_gpt_matches_transformers_gpt2(layers, attn):
+    torch.manual_seed(layers)
+    reference = GPT2LMHeadModel(
+        GPT2Config(n_layer=layers, n_embd=48, n_head=4, vocab_size=211, n_positions=40, bos_token_id=0,
+                   eos_token_id=0, attn_implementation=attn)
+    ).eval()
+    model = gpt2_to_deepln(reference).eval()
+    model.set_attn_implementation(attn)
+    ids = torch.randint(0, 211, (3, 17))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # left padding
+    mask[2, 12:] = 0  # right padding
+    for kwargs in ({}, {"attention_mask": mask}):
+        want = reference(ids, **kwargs).logits
+        got = model(ids, **kwargs).logits
+        keep = kwargs.get("attention_mask", torch.ones_like(ids)).bool()
+        torch.testing.assert_close(got[keep], want[keep], atol=1e-5, rtol=0)
+    labels = ids.clone()
+    torch.testing.assert_close(model(ids, labels=labels).loss, reference(ids, labels=labels).loss, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("layers", [1, 3, 6])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_post_ln_bert_matches_transformers_bert(layers, attn):
+    torch.manual_seed(layers)
+    reference = BertForMaskedLM(
+        BertConfig(num_hidden_layers=layers, hidden_size=48, num_attention_heads=4, intermediate_size=96,
+                   vocab_size=211, max_position_embeddings=40, attn_implementation=attn)
+    ).eval()
+    model = bert_to_deepln(reference).eval()
+    model.set_attn_implementation(attn)
+    ids = torch.randint(1, 211, (3, 17))
+    types = torch.zeros_like(ids)
+    types[:, 9:] = 1
+    mask = torch.ones_like(ids)
+    mask[1, 11:] = 0
+    mask[2, 3:] = 0
+    for kwargs in ({}, {"attention_mask": mask, "token_type_ids": types}):
+        want = reference(ids, **kwargs).logits
+        got = model(ids, **kwargs).logits
+        keep = kwargs.get("attention_mask", torch.ones_like(ids)).bool()
+        torch.testing.assert_close(got[keep], want[keep], atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Presets and parameter counts (seed paper: BERT-1k 52M, GPT-1k 815.5M)
+# --------------------------------------------------------------------------------------------------------------
+def _block_params(d, d_ff):
+    return 4 * d * d + 4 * d + 2 * d * d_ff + d_ff + d + 4 * d  # q,k,v,o + fc1,fc2 + 2 LayerNorms
+
+
+def test_presets_are_listed_and_load_by_name_and_path():
+    names = available_presets()
+    assert {"bert-1k", "gpt-1k", "bert-deep-small", "gpt-deep-small"} <= set(names)
+    from transformers import AutoConfig
+
+    from modeling_deepln.presets import preset_path
+
+    for name in names:
+        config = load_preset(name)
+        assert AutoConfig.from_pretrained(str(preset_path(name))).to_dict()["residual_norm"] == config.residual_norm
+    with pytest.raises(ValueError, match="Unknown preset 'gpt-2k'.*gpt-1k"):
+        load_preset("gpt-2k")
+
+
+def test_bert_1k_preset_matches_paper():
+    config = load_preset("bert-1k")
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (1000, 64, 2)
+    assert (config.max_position_embeddings, config.vocab_size, config.residual_norm) == (512, 30522, "upscale_ln")
+    model = DeepLNBertModel(config, add_pooling_layer=False)
+    count = sum(p.numel() for p in model.parameters())
+    d = 64
+    embeddings = (30522 + 512 + 2) * d + 2 * d
+    assert count == embeddings + 1000 * _block_params(d, 256) == 51_970_432
+    assert abs(count - 52e6) / 52e6 < 0.005
+
+
+def test_gpt_1k_preset_matches_paper():
+    config = load_preset("gpt-1k")
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (1000, 256, 1)
+    assert (config.max_position_embeddings, config.vocab_size, config.residual_norm) == (1024, 50257, "foundation_ln")
+    d = 256
+    expected = (50257 + 1024) * d + 1000 * _block_params(d, 1024) + 50257 * d  # untied LM head, no final LN
+    with torch.device("meta"):  # the count needs shapes only; building on meta skips 3 GB of allocation
+        model = DeepLNGPTForCausalLM(config)
+    count = sum(p.numel() for p in model.parameters())
+    assert count == expected == 815_753_728
+    assert abs(count - 815.5e6) / 815.5e6 < 0.005
+
+
+@pytest.mark.parametrize("name", ["bert-deep-small", "gpt-deep-small"])
+def test_small_presets_are_deep_and_use_the_paper_schemes(name):
+    config = load_preset(name)
+    assert config.num_hidden_layers >= 48 and config.hidden_size <= 64
+    assert config.residual_norm == ("upscale_ln" if name.startswith("bert") else "foundation_ln")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Behaviour transformers' users rely on
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_sdpa_matches_eager_and_mask_is_optional(scheme):
+    torch.manual_seed(0)
+    for make, cls in ((tiny_gpt, DeepLNGPTForCausalLM), (tiny_bert, DeepLNBertForMaskedLM)):
+        model = cls(make(residual_norm=scheme)).eval()
+        ids = torch.randint(3, 97, (2, 11))
+        sdpa = model(ids).logits
+        torch.testing.assert_close(model(ids, attention_mask=torch.ones_like(ids)).logits, sdpa, atol=1e-6, rtol=0)
+        model.set_attn_implementation("eager")
+        torch.testing.assert_close(model(ids).logits, sdpa, atol=1e-5, rtol=0)
+
+
+def test_padding_does_not_change_real_tokens():
+    torch.manual_seed(0)
+    gpt = DeepLNGPTForCausalLM(tiny_gpt(residual_norm="deepnorm")).eval()
+    ids = torch.randint(3, 97, (1, 8))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 8, dtype=torch.long)], dim=1)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    torch.testing.assert_close(
+        gpt(padded, attention_mask=mask, position_ids=position_ids).logits[:, 3:], gpt(ids).logits, atol=1e-5, rtol=0
+    )
+    bert = DeepLNBertForMaskedLM(tiny_bert(residual_norm="upscale_ln")).eval()
+    padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(1, 8, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(bert(padded, attention_mask=mask).logits[:, :8], bert(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_gpt_sequence_classification_pools_last_real_token():
+    torch.manual_seed(0)
+    model = DeepLNGPTForSequenceClassification(tiny_gpt(num_labels=3)).eval()
+    ids = torch.randint(3, 97, (1, 6))
+    alone = model(ids).logits
+    right_padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], dim=1)
+    mask = (right_padded != 0).long()
+    torch.testing.assert_close(model(right_padded, attention_mask=mask).logits, alone, atol=1e-5, rtol=0)
+    batch = torch.cat([right_padded, torch.randint(3, 97, (1, 10))])
+    out = model(batch, attention_mask=(batch != 0).long(), labels=torch.tensor([2, 0]))
+    torch.testing.assert_close(out.logits[:1], alone, atol=1e-5, rtol=0)
+    assert out.loss.item() == pytest.approx(F.cross_entropy(out.logits, torch.tensor([2, 0])).item(), rel=1e-6)
+
+
+def test_bert_sequence_classification_uses_pooled_cls_and_regression():
+    torch.manual_seed(0)
+    model = DeepLNBertForSequenceClassification(tiny_bert(num_labels=1)).eval()
+    ids = torch.randint(3, 97, (2, 7))
+    out = model(ids, labels=torch.tensor([0.5, -1.0]))
+    pooled = model.bert(ids).pooler_output
+    torch.testing.assert_close(out.logits, model.classifier(pooled), atol=1e-6, rtol=0)
+    assert out.loss.item() == pytest.approx(F.mse_loss(out.logits.squeeze(-1), torch.tensor([0.5, -1.0])).item())
+
+
+def test_outputs_hidden_states_attentions_and_tuples():
+    model = DeepLNGPTForCausalLM(tiny_gpt(attn_implementation="eager")).eval()
+    ids = torch.randint(3, 97, (2, 5))
+    out = model(ids, output_hidden_states=True, output_attentions=True)
+    assert len(out.hidden_states) == 4 and len(out.attentions) == 3
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 4, 5))
+    assert torch.allclose(out.attentions[0].triu(1), torch.zeros(()))  # causal
+    as_tuple = model(ids, return_dict=False)
+    torch.testing.assert_close(as_tuple[0], out.logits)
+    assert model(ids, logits_to_keep=1).logits.shape == (2, 1, 97)
+
+
+def test_weight_tying_follows_config_and_resize_token_embeddings():
+    tied = DeepLNGPTForCausalLM(tiny_gpt())
+    assert tied.lm_head.weight is tied.transformer.token_embeddings.weight
+    untied = DeepLNGPTForCausalLM(tiny_gpt(tie_word_embeddings=False))
+    assert untied.lm_head.weight is not untied.transformer.token_embeddings.weight
+    bert = DeepLNBertForMaskedLM(tiny_bert())
+    assert bert.lm_head.decoder.weight is bert.bert.embeddings.word_embeddings.weight
+    for model in (tied, bert):
+        model.resize_token_embeddings(120)
+        assert model.config.vocab_size == 120 and model.get_output_embeddings().weight.shape[0] == 120
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        assert model(torch.tensor([[119, 3]])).logits.shape[-1] == 120
+
+
+@pytest.mark.parametrize("cls,make", [(DeepLNGPTForCausalLM, tiny_gpt), (DeepLNBertForMaskedLM, tiny_bert)])
+def test_gradient_checkpointing_gives_identical_loss_and_grads(cls, make):
+    torch.manual_seed(0)
+    model = cls(make(residual_norm="deepnorm")).train()
+    ids = torch.randint(3, 97, (2, 9))
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain_loss, plain_grads = loss_and_grads()
+    model.gradient_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in model.base_model.layers)
+    ckpt_loss, ckpt_grads = loss_and_grads()
+    assert torch.equal(plain_loss, ckpt_loss)
+    for a, b in zip(plain_grads, ckpt_grads):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bad input: clear errors, raised early
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"residual_norm": "deep_norm"}, "Unknown residual_norm 'deep_norm'.*'deepnorm'"),
+        ({"hidden_size": 30, "num_attention_heads": 4}, "must be divisible by num_attention_heads"),
+        ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive integer"),
+        ({"vocab_size": -5}, "vocab_size must be a positive integer"),
+        ({"hidden_dropout_prob": 1.5}, "must be a probability"),
+        ({"residual_alpha": -1.0}, "residual_alpha must be a positive number"),
+        ({"normformer_head_scale_position": "middle"}, "normformer_head_scale_position"),
+        ({"hidden_act": "swishy"}, "not a transformers activation"),
+        ({"residual_nrom": "pre_ln"}, "unknown field 'residual_nrom'; did you mean 'residual_norm'"),
+    ],
+)
+def test_bad_config_values_raise_clear_errors(fields, message):
+    for make in (tiny_gpt, tiny_bert):
+        with pytest.raises(ValueError, match=message):
+            make(**fields)
+
+
+def test_bad_forward_inputs_raise_clear_errors():
+    gpt = DeepLNGPTForCausalLM(tiny_gpt())
+    bert = DeepLNBertForMaskedLM(tiny_bert())
+    for model in (gpt, bert):
+        with pytest.raises(ValueError, match=r"token id 97, outside the model's vocabulary \[0, 97\)"):
+            model(torch.tensor([[1, 97]]))
+        with pytest.raises(ValueError, match="token id -1"):
+            model(torch.tensor([[-1, 5]]))
+        with pytest.raises(ValueError, match="Sequence length 65 .* exceeds max_position_embeddings=64"):
+            model(torch.randint(3, 97, (1, 65)))
+        with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+            model()
+    cache_out = gpt(torch.randint(3, 97, (1, 60)), use_cache=True)
+    with pytest.raises(ValueError, match="Sequence length 66 .*including cached tokens"):
+        gpt(torch.randint(3, 97, (1, 6)), cache=cache_out.cache if hasattr(cache_out, "cache") else cache_out.past_key_values)
+
+
+def test_bad_checkpoints_raise_clear_errors(tmp_path):
+    model = DeepLNGPTForCausalLM(tiny_gpt(num_hidden_layers=2))
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="does not fit the config: 16 weights of the model body are missing"):
+        DeepLNGPTForCausalLM.from_pretrained(tmp_path, num_hidden_layers=3)
+    with pytest.raises(ValueError, match="do not fit the config: some have other shapes"):
+        DeepLNGPTForCausalLM.from_pretrained(tmp_path, hidden_size=64)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(OSError, match="corrupt or truncated"):
+        DeepLNGPTForCausalLM.from_pretrained(tmp_path)
+
+
+def test_heads_load_from_a_base_checkpoint(tmp_path):
+    """A classifier on top of a pretrained body is the normal fine-tuning path: missing heads are fine."""
+    torch.manual_seed(0)
+    base = DeepLNBertForMaskedLM(tiny_bert())
+    base.save_pretrained(tmp_path)
+    classifier = DeepLNBertForSequenceClassification.from_pretrained(tmp_path, num_labels=2)
+    assert torch.equal(classifier.bert.layers[1].mlp.fc1.weight, base.bert.layers[1].mlp.fc1.weight)
