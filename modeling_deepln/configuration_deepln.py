@@ -31,65 +31,39 @@ _GPT_AUTO_MAP = {
 }
 
 
+_COMMON_DEFAULTS: dict[str, Any] = {
+    "intermediate_size": None,
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "initializer_range": 0.02,
+    "residual_alpha": None,
+    "residual_beta": None,
+    "scale_output_init": False,
+    "normformer_head_scale": True,
+    "normformer_attn_norm": True,
+    "normformer_ffn_norm": True,
+    "normformer_residual_scale": False,
+    "normformer_head_scale_position": "before_out_proj",
+    "tie_word_embeddings": True,
+}
+"""Defaults shared by both families; each config class adds its own in ``_family_defaults``."""
+
+
 class _DeepLNConfig(PretrainedConfig):
-    """Fields and validation shared by the BERT and GPT configs (not registered itself)."""
+    """Fields and validation shared by the BERT and GPT configs (not registered itself).
 
-    _deepln_auto_map = {}  # no annotation: transformers turns config classes into dataclasses
+    Every field is a keyword argument; the defaults are ``_COMMON_DEFAULTS`` updated with the subclass's
+    ``_family_defaults`` (both listed in the subclass docstrings).
+    """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        hidden_size: int,
-        num_hidden_layers: int,
-        num_attention_heads: int,
-        intermediate_size: int | None,
-        max_position_embeddings: int,
-        hidden_act: str,
-        hidden_dropout_prob: float,
-        attention_probs_dropout_prob: float,
-        layer_norm_eps: float,
-        initializer_range: float,
-        residual_norm: str,
-        residual_alpha: float | None,
-        residual_beta: float | None,
-        scale_output_init: bool,
-        normformer_head_scale: bool,
-        normformer_attn_norm: bool,
-        normformer_ffn_norm: bool,
-        normformer_residual_scale: bool,
-        normformer_head_scale_position: str,
-        tie_word_embeddings: bool,
-        use_cache: bool,
-        pad_token_id: int | None,
-        bos_token_id: int | None,
-        eos_token_id: int | None,
-        **kwargs: Any,
-    ):
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size if intermediate_size is not None else 4 * hidden_size
-        self.max_position_embeddings = max_position_embeddings
-        self.hidden_act = hidden_act
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.layer_norm_eps = layer_norm_eps
-        self.initializer_range = initializer_range
-        self.residual_norm = residual_norm
-        self.residual_alpha = residual_alpha
-        self.residual_beta = residual_beta
-        self.scale_output_init = scale_output_init
-        self.normformer_head_scale = normformer_head_scale
-        self.normformer_attn_norm = normformer_attn_norm
-        self.normformer_ffn_norm = normformer_ffn_norm
-        self.normformer_residual_scale = normformer_residual_scale
-        self.normformer_head_scale_position = normformer_head_scale_position
-        self.tie_word_embeddings = tie_word_embeddings
-        self.use_cache = use_cache
-        self.pad_token_id = pad_token_id
-        self.bos_token_id = bos_token_id
-        self.eos_token_id = eos_token_id
+    _family_defaults = {}  # no annotations here: transformers turns config classes into dataclasses
+    _deepln_auto_map = {}
+
+    def __init__(self, **kwargs: Any):
+        for name, default in {**_COMMON_DEFAULTS, **self._family_defaults}.items():
+            setattr(self, name, kwargs.pop(name, default))
+        if self.intermediate_size is None and isinstance(self.hidden_size, int):
+            self.intermediate_size = 4 * self.hidden_size
         self._reject_misspelt_fields(kwargs)
         # A complete auto_map, so AutoModel / any head loads a folder saved from any head (remote code).
         kwargs.setdefault("auto_map", dict(self._deepln_auto_map))
@@ -214,70 +188,32 @@ class DeepLNBertConfig(_DeepLNConfig):
 
     model_type = "deepln_bert"
     _deepln_auto_map = _BERT_AUTO_MAP
+    _family_defaults = {
+        "vocab_size": 30522,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "max_position_embeddings": 512,
+        "type_vocab_size": 2,
+        "hidden_act": "gelu",
+        "classifier_dropout": None,
+        "layer_norm_eps": 1e-12,
+        "residual_norm": "post_ln",
+        "use_cache": False,
+        "pad_token_id": 0,
+        "bos_token_id": None,
+        "eos_token_id": None,
+    }
 
-    def __init__(
-        self,
-        vocab_size: int = 30522,
-        hidden_size: int = 768,
-        num_hidden_layers: int = 12,
-        num_attention_heads: int = 12,
-        intermediate_size: int | None = 3072,
-        max_position_embeddings: int = 512,
-        type_vocab_size: int = 2,
-        hidden_act: str = "gelu",
-        hidden_dropout_prob: float = 0.1,
-        attention_probs_dropout_prob: float = 0.1,
-        classifier_dropout: float | None = None,
-        layer_norm_eps: float = 1e-12,
-        initializer_range: float = 0.02,
-        residual_norm: str = "post_ln",
-        residual_alpha: float | None = None,
-        residual_beta: float | None = None,
-        scale_output_init: bool = False,
-        normformer_head_scale: bool = True,
-        normformer_attn_norm: bool = True,
-        normformer_ffn_norm: bool = True,
-        normformer_residual_scale: bool = False,
-        normformer_head_scale_position: str = "before_out_proj",
-        tie_word_embeddings: bool = True,
-        use_cache: bool = False,
-        pad_token_id: int | None = 0,
-        bos_token_id: int | None = None,
-        eos_token_id: int | None = None,
-        **kwargs: Any,
-    ):
-        self.type_vocab_size = type_vocab_size
-        self.classifier_dropout = classifier_dropout
-        super().__init__(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            num_hidden_layers=num_hidden_layers,
-            num_attention_heads=num_attention_heads,
-            intermediate_size=intermediate_size,
-            max_position_embeddings=max_position_embeddings,
-            hidden_act=hidden_act,
-            hidden_dropout_prob=hidden_dropout_prob,
-            attention_probs_dropout_prob=attention_probs_dropout_prob,
-            layer_norm_eps=layer_norm_eps,
-            initializer_range=initializer_range,
-            residual_norm=residual_norm,
-            residual_alpha=residual_alpha,
-            residual_beta=residual_beta,
-            scale_output_init=scale_output_init,
-            normformer_head_scale=normformer_head_scale,
-            normformer_attn_norm=normformer_attn_norm,
-            normformer_ffn_norm=normformer_ffn_norm,
-            normformer_residual_scale=normformer_residual_scale,
-            normformer_head_scale_position=normformer_head_scale_position,
-            tie_word_embeddings=tie_word_embeddings,
-            use_cache=use_cache,
-            pad_token_id=pad_token_id,
-            bos_token_id=bos_token_id,
-            eos_token_id=eos_token_id,
-            **kwargs,
-        )
-        if isinstance(type_vocab_size, bool) or not isinstance(type_vocab_size, int) or type_vocab_size <= 0:
-            raise ValueError(f"DeepLNBertConfig.type_vocab_size must be a positive integer, got {type_vocab_size!r}.")
+    def __init__(self, **kwargs: Any):  # an own __init__ keeps transformers from generating a dataclass one
+        super().__init__(**kwargs)
+
+    def validate_deepln(self) -> None:
+        super().validate_deepln()
+        value = self.type_vocab_size
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"DeepLNBertConfig.type_vocab_size must be a positive integer, got {value!r}.")
 
 
 class DeepLNGPTConfig(_DeepLNConfig):
@@ -287,71 +223,30 @@ class DeepLNGPTConfig(_DeepLNConfig):
     shapes with the Pre-LN scheme, so ``DeepLNGPTConfig()`` is GPT-2. The GPT-1k preset of the
     FoundationLayerNorm paper is ``configuration/gpt-1k.json``. Arguments are those of
     :class:`DeepLNBertConfig` without the segment fields; ``residual_norm`` defaults to ``pre_ln``.
-    ``use_cache`` enables the KV cache in generation.
+    ``use_cache`` enables the KV cache in generation; ``embedding_dropout_prob`` is the dropout on the
+    embeddings (GPT-2's ``embd_pdrop``; ``None``: ``hidden_dropout_prob``).
     """
 
     model_type = "deepln_gpt"
     _deepln_auto_map = _GPT_AUTO_MAP
+    _family_defaults = {
+        "vocab_size": 50257,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "max_position_embeddings": 1024,
+        "hidden_act": "gelu_new",
+        "embedding_dropout_prob": None,
+        "layer_norm_eps": 1e-5,
+        "residual_norm": "pre_ln",
+        "use_cache": True,
+        "pad_token_id": None,
+        "bos_token_id": 50256,
+        "eos_token_id": 50256,
+    }
 
-    def __init__(
-        self,
-        vocab_size: int = 50257,
-        hidden_size: int = 768,
-        num_hidden_layers: int = 12,
-        num_attention_heads: int = 12,
-        intermediate_size: int | None = None,
-        max_position_embeddings: int = 1024,
-        hidden_act: str = "gelu_new",
-        hidden_dropout_prob: float = 0.1,
-        attention_probs_dropout_prob: float = 0.1,
-        embedding_dropout_prob: float | None = None,
-        layer_norm_eps: float = 1e-5,
-        initializer_range: float = 0.02,
-        residual_norm: str = "pre_ln",
-        residual_alpha: float | None = None,
-        residual_beta: float | None = None,
-        scale_output_init: bool = False,
-        normformer_head_scale: bool = True,
-        normformer_attn_norm: bool = True,
-        normformer_ffn_norm: bool = True,
-        normformer_residual_scale: bool = False,
-        normformer_head_scale_position: str = "before_out_proj",
-        tie_word_embeddings: bool = True,
-        use_cache: bool = True,
-        pad_token_id: int | None = None,
-        bos_token_id: int | None = 50256,
-        eos_token_id: int | None = 50256,
-        **kwargs: Any,
-    ):
-        self.embedding_dropout_prob = embedding_dropout_prob
-        super().__init__(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            num_hidden_layers=num_hidden_layers,
-            num_attention_heads=num_attention_heads,
-            intermediate_size=intermediate_size,
-            max_position_embeddings=max_position_embeddings,
-            hidden_act=hidden_act,
-            hidden_dropout_prob=hidden_dropout_prob,
-            attention_probs_dropout_prob=attention_probs_dropout_prob,
-            layer_norm_eps=layer_norm_eps,
-            initializer_range=initializer_range,
-            residual_norm=residual_norm,
-            residual_alpha=residual_alpha,
-            residual_beta=residual_beta,
-            scale_output_init=scale_output_init,
-            normformer_head_scale=normformer_head_scale,
-            normformer_attn_norm=normformer_attn_norm,
-            normformer_ffn_norm=normformer_ffn_norm,
-            normformer_residual_scale=normformer_residual_scale,
-            normformer_head_scale_position=normformer_head_scale_position,
-            tie_word_embeddings=tie_word_embeddings,
-            use_cache=use_cache,
-            pad_token_id=pad_token_id,
-            bos_token_id=bos_token_id,
-            eos_token_id=eos_token_id,
-            **kwargs,
-        )
+    def __init__(self, **kwargs: Any):  # an own __init__ keeps transformers from generating a dataclass one
+        super().__init__(**kwargs)
 
 
 __all__ = ["DeepLNBertConfig", "DeepLNGPTConfig", "RESIDUAL_SCHEMES"]
