@@ -41,8 +41,6 @@ logger = logging.get_logger(__name__)
 class DeepLNGPTPreTrainedModel(DeepLNPreTrainedModel):
     config_class = DeepLNGPTConfig
     base_model_prefix = "transformer"
-    _supports_cache_class = True
-    _supports_static_cache = False
 
 
 class DeepLNGPTModel(DeepLNGPTPreTrainedModel):
