@@ -36,7 +36,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass, fields
@@ -46,6 +45,13 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from .callbacks import (
+    NAN_POLICIES,
+    NonFiniteError,
+    NonFiniteGuard,
+    TimeLimitCallback,
+    last_complete_checkpoint,
+)
 from .metrics import perplexity as _perplexity
 from .presets import PRESETS_DIR, available_presets, load_preset
 
@@ -74,10 +80,6 @@ PREPARED_DIR = "prepared"
 
 class DeepLNInputError(ValueError):
     """Bad input found before training started (the CLI prints it as ``deepln: error: ...`` and exits with 2)."""
-
-
-class NonFiniteError(RuntimeError):
-    """The loss or the gradients became NaN/inf during training (``nan_policy="stop"``)."""
 
 
 # --------------------------------------------------------------------------------------------------- arguments
@@ -297,7 +299,6 @@ _RECIPE_META_KEYS = ("objective", "description", "source")
 _LR_SCHEDULES = ("linear", "cosine", "constant")
 _OPTIMIZERS = ("adamw_torch", "adam")
 _PRECISIONS = ("fp32", "bf16", "fp16")
-_NAN_POLICIES = ("stop", "skip")
 
 
 def load_recipe(preset: str) -> dict[str, Any]:
@@ -341,231 +342,7 @@ def resolve_pretrain_args(args: PretrainArgs) -> tuple[PretrainArgs, dict[str, A
     return PretrainArgs(**values), recipe
 
 
-# --------------------------------------------------------------------------------------------------- callbacks
-
-
-def _distributed_any(flag: bool) -> bool:
-    """``flag`` OR-ed over all processes (so every process takes the same decision)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = torch.tensor([1.0 if flag else 0.0])
-        if torch.distributed.get_backend() == "nccl":
-            t = t.cuda()
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return bool(t.item() > 0)
-    return flag
-
-
-class TimeLimitCallback(TrainerCallback):
-    """Stop training gracefully after ``max_minutes`` of training (a checkpoint is saved; evaluation still runs)."""
-
-    def __init__(self, max_minutes: float):
-        self.max_seconds = float(max_minutes) * 60.0
-        self.start: float | None = None
-        self.stopped_at_step: int | None = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.monotonic()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.start is None:
-            self.start = time.monotonic()
-        expired = _distributed_any(time.monotonic() - self.start >= self.max_seconds)
-        if expired and not control.should_training_stop:
-            self.stopped_at_step = state.global_step
-            control.should_training_stop = True
-            control.should_save = True
-            if state.is_world_process_zero:
-                print(
-                    f"\n[deepln] time limit of {self.max_seconds / 60:g} min reached at step {state.global_step}; "
-                    "stopping and saving.",
-                    flush=True,
-                )
-        return control
-
-
-_LAYER_RE = re.compile(r"^(.*?\.layers\.\d+)(\.|$)")
-
-
-def _first_tensor(output: Any) -> torch.Tensor | None:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        for item in output:
-            if isinstance(item, torch.Tensor):
-                return item
-    if hasattr(output, "last_hidden_state"):
-        return output.last_hidden_state
-    return None
-
-
-def _layer_of(param_name: str) -> str:
-    match = _LAYER_RE.match(param_name)
-    return match.group(1) if match else param_name.rsplit(".", 1)[0]
-
-
-class NonFiniteGuard(TrainerCallback):
-    """Stop (``policy="stop"``) or skip the optimizer step (``"skip"``) when the loss or a gradient is NaN/inf.
-
-    :meth:`attach` installs forward hooks on every transformer block and on the modules outside the blocks
-    (embeddings, final norm, heads), recording the first module whose output is non-finite in the current step, and
-    gradient hooks recording the first parameter (in model order) whose gradient is non-finite before clipping.
-    Before each optimizer step the guard checks the loss and (except with fp16, whose loss scaler handles inf
-    gradients itself) the gradients; the message names the step and those first layers. Raising keeps the last good
-    checkpoint, since nothing is saved after the bad step.
-    """
-
-    def __init__(self, policy: str = "stop", check_gradients: bool = True, output_dir: str | None = None):
-        if policy not in _NAN_POLICIES:
-            raise ValueError(f"nan_policy must be one of {_NAN_POLICIES}, got {policy!r}.")
-        self.policy = policy
-        self.check_gradients = check_gradients
-        self.output_dir = output_dir
-        self.skipped_steps: list[int] = []
-        self._handles: list[Any] = []
-        self._params: list[tuple[str, torch.nn.Parameter]] = []
-        self._reset()
-
-    def _reset(self) -> None:
-        self.bad_loss: float | None = None
-        self.first_bad_module: tuple[str, str] | None = None
-        self.first_bad_grad: tuple[int, str] | None = None
-
-    def attach(self, model: torch.nn.Module) -> "NonFiniteGuard":
-        from .layers_deepln import DeepLNBlock
-
-        self.detach()
-        block_names = [name for name, m in model.named_modules() if isinstance(m, DeepLNBlock)]
-
-        def inside_block(name: str) -> bool:
-            return any(name.startswith(b + ".") for b in block_names)
-
-        for name, module in model.named_modules():
-            if not name:
-                continue
-            is_block = isinstance(module, DeepLNBlock)
-            is_outer_leaf = not list(module.children()) and not inside_block(name)
-            if is_block or is_outer_leaf:
-                self._handles.append(module.register_forward_hook(self._activation_hook(name, type(module).__name__)))
-        self._handles.append(model.register_forward_hook(self._loss_hook))
-        self._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if self.check_gradients and hasattr(torch.Tensor, "register_post_accumulate_grad_hook"):
-            for index, (name, param) in enumerate(self._params):
-                self._handles.append(param.register_post_accumulate_grad_hook(self._grad_hook(index, name)))
-        return self
-
-    def detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def _activation_hook(self, name: str, kind: str):
-        def hook(module, inputs, output):
-            if not module.training or self.first_bad_module is not None:
-                return
-            tensor = _first_tensor(output)
-            if tensor is not None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                self.first_bad_module = (name, kind)
-
-        return hook
-
-    def _loss_hook(self, module, inputs, output):
-        if not module.training:
-            return
-        loss = getattr(output, "loss", None)
-        if loss is None and isinstance(output, dict):
-            loss = output.get("loss")
-        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
-            if self.bad_loss is None:
-                self.bad_loss = float(loss.detach().float().reshape(-1)[0])
-
-    def _grad_hook(self, index: int, name: str):
-        def hook(param):
-            grad = param.grad
-            if grad is None or (self.first_bad_grad is not None and self.first_bad_grad[0] <= index):
-                return
-            if not bool(torch.isfinite(grad).all()):
-                self.first_bad_grad = (index, name)
-
-        return hook
-
-    def _gradients_finite(self) -> bool:
-        for _, param in self._params:
-            if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
-                return False
-        return True
-
-    def describe(self, step: int) -> str:
-        what = []
-        if self.bad_loss is not None:
-            what.append(f"loss = {self.bad_loss}")
-        if self.first_bad_grad is not None or (self.bad_loss is None and self.check_gradients):
-            what.append("non-finite gradients")
-        message = f"Training became non-finite at step {step} ({', '.join(what) or 'non-finite values'})."
-        if self.first_bad_module is not None:
-            name, kind = self.first_bad_module
-            message += f" First layer with non-finite activations: {name} ({kind})."
-        else:
-            message += " All activations were finite in the forward pass."
-        if self.first_bad_grad is not None:
-            pname = self.first_bad_grad[1]
-            message += f" First layer with non-finite gradients: {_layer_of(pname)} (parameter {pname})."
-        return message
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        step = state.global_step + 1
-        bad = self.bad_loss is not None
-        if self.check_gradients and not bad:
-            bad = not self._gradients_finite()
-        bad = _distributed_any(bad)
-        if bad:
-            message = self.describe(step)
-            if self.policy == "skip":
-                for _, param in self._params:
-                    param.grad = None
-                self.skipped_steps.append(step)
-                if state.is_world_process_zero:
-                    print(f"\n[deepln] {message} Skipping this optimizer step (nan_policy=skip).", flush=True)
-            else:
-                checkpoint = last_complete_checkpoint(self.output_dir) if self.output_dir else None
-                message += (
-                    f" Stopped; the last good checkpoint is {checkpoint} (continue with --resume, e.g. with a lower"
-                    " --lr)." if checkpoint else " Stopped; no checkpoint had been saved yet."
-                )
-                self._reset()
-                raise NonFiniteError(message)
-        self._reset()
-        return control
-
-
 # --------------------------------------------------------------------------------------------------- helpers
-
-
-def last_complete_checkpoint(output_dir: str | os.PathLike | None) -> str | None:
-    """The highest-numbered ``checkpoint-N`` folder that was completely written (has trainer_state.json and weights).
-
-    A run killed while saving leaves a partial folder; ``resume`` must skip it.
-    """
-    if output_dir is None or not Path(output_dir).is_dir():
-        return None
-    best: tuple[int, Path] | None = None
-    for path in Path(output_dir).glob("checkpoint-*"):
-        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if not match or not path.is_dir():
-            continue
-        has_weights = any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin")) or any(
-            path.glob("pytorch_model_fsdp*")
-        )
-        # Trainer writes trainer_state.json last: a readable one means the checkpoint is complete.
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if not has_weights:
-            continue
-        step = int(match.group(1))
-        if best is None or step > best[0]:
-            best = (step, path)
-    return str(best[1]) if best else None
 
 
 def _holds_model(output_dir: Path) -> str | None:
@@ -781,8 +558,8 @@ def _training_arguments(
     weight_decay = 0.0 if a.optim == "adam" else float(a.weight_decay)
     if a.warmup_ratio is not None and not 0 <= a.warmup_ratio < 1:
         raise DeepLNInputError(f"--warmup-ratio must be in [0, 1), got {a.warmup_ratio}.")
-    if a.nan_policy not in _NAN_POLICIES:
-        raise DeepLNInputError(f"--nan-policy must be one of {', '.join(_NAN_POLICIES)}, got {a.nan_policy!r}.")
+    if a.nan_policy not in NAN_POLICIES:
+        raise DeepLNInputError(f"--nan-policy must be one of {', '.join(NAN_POLICIES)}, got {a.nan_policy!r}.")
     kwargs: dict[str, Any] = dict(
         output_dir=output_dir,
         per_device_train_batch_size=_per_device(a.batch_size, world, "batch_size"),
@@ -1345,7 +1122,7 @@ def finetune(args: FinetuneArgs) -> dict[str, Any]:
     """
     wall_start = time.monotonic()
     errors = _input_errors()
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+    from transformers import AutoConfig, AutoModelForSequenceClassification, DataCollatorWithPadding
 
     from .data import tokenize_pairs
     from .metrics import classification_metrics

@@ -34,7 +34,6 @@ import pytest
 import torch
 import transformers
 
-import modeling_deepln
 from modeling_deepln import (
     RESIDUAL_SCHEMES,
     DeepLNBertConfig,

@@ -1,0 +1,234 @@
+"""Trainer callbacks of the training commands and the checkpoint helper they share.
+
+* :class:`TimeLimitCallback`: ``--max-minutes``; stop gracefully (save, then evaluate as usual).
+* :class:`NonFiniteGuard`: a NaN/inf loss or gradient stops the run (or skips the optimizer step) with a message
+  naming the step and the first layer whose activations or gradients went non-finite.
+* :func:`last_complete_checkpoint`: the newest checkpoint that was completely written (a SIGKILL can leave a
+  partial one behind).
+
+The guard records its evidence as device tensors (no host synchronisation per layer), so that a 1,000-layer model on
+a GPU keeps its launch queue full; it reads them back once per optimizer step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+NAN_POLICIES = ("stop", "skip")
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the gradients became NaN/inf during training (``nan_policy="stop"``)."""
+
+
+def distributed_any(flag: bool) -> bool:
+    """``flag`` OR-ed over all processes (so every process takes the same decision)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        value = torch.tensor([1.0 if flag else 0.0])
+        if torch.distributed.get_backend() == "nccl":
+            value = value.cuda()
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value.item() > 0)
+    return flag
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike | None) -> str | None:
+    """The highest-numbered ``checkpoint-N`` folder that was completely written (trainer_state.json and weights).
+
+    A run killed while saving leaves a partial folder; ``resume`` must skip it.
+    """
+    if output_dir is None or not Path(output_dir).is_dir():
+        return None
+    best: tuple[int, Path] | None = None
+    for path in Path(output_dir).glob("checkpoint-*"):
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if not match or not path.is_dir():
+            continue
+        has_weights = any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*"))
+        try:  # Trainer writes trainer_state.json last: a readable one means the checkpoint is complete.
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        step = int(match.group(1))
+        if has_weights and (best is None or step > best[0]):
+            best = (step, path)
+    return str(best[1]) if best else None
+
+
+class TimeLimitCallback(TrainerCallback):
+    """Stop training gracefully after ``max_minutes`` of training (a checkpoint is saved; evaluation still runs)."""
+
+    def __init__(self, max_minutes: float):
+        self.max_seconds = float(max_minutes) * 60.0
+        self.start: float | None = None
+        self.stopped_at_step: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.start is None:
+            self.start = time.monotonic()
+        expired = distributed_any(time.monotonic() - self.start >= self.max_seconds)
+        if expired and not control.should_training_stop:
+            self.stopped_at_step = state.global_step
+            control.should_training_stop = True
+            control.should_save = True
+            if state.is_world_process_zero:
+                print(
+                    f"\n[deepln] time limit of {self.max_seconds / 60:g} min reached at step {state.global_step}; "
+                    "stopping and saving.",
+                    flush=True,
+                )
+        return control
+
+
+_LAYER_RE = re.compile(r"^(.*?\.layers\.\d+)(\.|$)")
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        return next((item for item in output if isinstance(item, torch.Tensor)), None)
+    return getattr(output, "last_hidden_state", None)
+
+
+def _layer_of(param_name: str) -> str:
+    match = _LAYER_RE.match(param_name)
+    return match.group(1) if match else param_name.rsplit(".", 1)[0]
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Stop (``policy="stop"``) or skip the optimizer step (``"skip"``) when the loss or a gradient is NaN/inf.
+
+    :meth:`attach` installs forward hooks on every transformer block and on the modules outside the blocks
+    (embeddings, final norm, heads). Each hook stores ``isfinite(output).all()`` as a device tensor, in forward order.
+    Before each optimizer step the guard stacks those flags, the loss's and the per-parameter gradient norms
+    (``torch._foreach_norm``, one fused call) and reads them back once; when something is non-finite, the message
+    names the step, the first module (in forward order) with non-finite activations and the first parameter (in model
+    order) with a non-finite gradient. Gradients are not checked with fp16, whose loss scaler skips inf steps itself.
+    Raising keeps the last good checkpoint, since nothing is saved after the bad step.
+    """
+
+    def __init__(self, policy: str = "stop", check_gradients: bool = True, output_dir: str | None = None):
+        if policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {policy!r}.")
+        self.policy = policy
+        self.check_gradients = check_gradients
+        self.output_dir = output_dir
+        self.skipped_steps: list[int] = []
+        self._handles: list[Any] = []
+        self._params: list[tuple[str, torch.nn.Parameter]] = []
+        self._activation_flags: list[tuple[str, str, torch.Tensor]] = []
+        self._loss_flags: list[torch.Tensor] = []
+
+    def attach(self, model: torch.nn.Module) -> "NonFiniteGuard":
+        from .layers_deepln import DeepLNBlock
+
+        self.detach()
+        block_names = [name for name, module in model.named_modules() if isinstance(module, DeepLNBlock)]
+
+        def inside_block(name: str) -> bool:
+            return any(name.startswith(block + ".") for block in block_names)
+
+        for name, module in model.named_modules():
+            if not name:
+                continue
+            if isinstance(module, DeepLNBlock) or (not list(module.children()) and not inside_block(name)):
+                self._handles.append(module.register_forward_hook(self._activation_hook(name, type(module).__name__)))
+        self._handles.append(model.register_forward_hook(self._loss_hook))
+        self._params = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _activation_hook(self, name: str, kind: str):
+        def hook(module, inputs, output):
+            tensor = _first_tensor(output)
+            if module.training and tensor is not None and tensor.is_floating_point():
+                self._activation_flags.append((name, kind, torch.isfinite(tensor.detach()).all()))
+
+        return hook
+
+    def _loss_hook(self, module, inputs, output):
+        loss = getattr(output, "loss", None)
+        if module.training and isinstance(loss, torch.Tensor):
+            self._loss_flags.append(loss.detach().float().reshape(-1)[:1])
+
+    def _evidence(self) -> tuple[float | None, tuple[str, str] | None, str | None]:
+        """(first non-finite loss, first bad activation module, first bad gradient parameter), read back once."""
+        losses = torch.cat(self._loss_flags) if self._loss_flags else torch.zeros(0)
+        grads = [param.grad for _, param in self._params] if self.check_gradients else []
+        present = [i for i, grad in enumerate(grads) if grad is not None]
+        norms = torch._foreach_norm([grads[i] for i in present]) if present else []
+        device = losses.device
+        no_flags = torch.ones(0, dtype=torch.bool, device=device)
+        flags = [flag.to(device) for *_, flag in self._activation_flags]
+        activation_ok = torch.stack(flags) if flags else no_flags
+        grad_ok = torch.stack([norm.to(device) for norm in norms]).isfinite() if norms else no_flags
+        losses_ok = losses.isfinite()
+        if bool(torch.cat([losses_ok, activation_ok, grad_ok]).all()):
+            return None, None, None
+        bad_loss = float(losses[~losses_ok][0]) if (~losses_ok).any() else None
+        bad_module = None
+        if (~activation_ok).any():
+            first = int((~activation_ok).nonzero()[0])
+            bad_module = self._activation_flags[first][:2]
+        bad_grad = None
+        if (~grad_ok).any():
+            bad_grad = self._params[present[int((~grad_ok).nonzero()[0])]][0]
+        if bad_loss is None and bad_grad is None and bad_module is not None:
+            bad_loss = float("nan")  # an activation went non-finite but was masked out of the loss
+        return bad_loss, bad_module, bad_grad
+
+    def describe(
+        self, step: int, bad_loss: float | None, bad_module: tuple[str, str] | None, bad_grad: str | None
+    ) -> str:
+        what = [f"loss = {bad_loss}"] if bad_loss is not None else []
+        if bad_grad is not None:
+            what.append("non-finite gradients")
+        message = f"Training became non-finite at step {step} ({', '.join(what) or 'non-finite values'})."
+        if bad_module is not None:
+            message += f" First layer with non-finite activations: {bad_module[0]} ({bad_module[1]})."
+        else:
+            message += " All activations were finite in the forward pass."
+        if bad_grad is not None:
+            message += f" First layer with non-finite gradients: {_layer_of(bad_grad)} (parameter {bad_grad})."
+        return message
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        step = state.global_step + 1
+        bad_loss, bad_module, bad_grad = self._evidence()
+        self._activation_flags, self._loss_flags = [], []
+        if not distributed_any(bad_loss is not None or bad_grad is not None or bad_module is not None):
+            return control
+        message = self.describe(step, bad_loss, bad_module, bad_grad)
+        if self.policy == "skip":
+            for _, param in self._params:
+                param.grad = None
+            self.skipped_steps.append(step)
+            if state.is_world_process_zero:
+                print(f"\n[deepln] {message} Skipping this optimizer step (nan_policy=skip).", flush=True)
+            return control
+        checkpoint = last_complete_checkpoint(self.output_dir) if self.output_dir else None
+        message += (
+            f" Stopped; the last good checkpoint is {checkpoint} (continue with --resume, e.g. with a lower --lr)."
+            if checkpoint
+            else " Stopped; no checkpoint had been saved yet."
+        )
+        raise NonFiniteError(message)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._activation_flags, self._loss_flags = [], []
