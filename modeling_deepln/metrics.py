@@ -104,3 +104,17 @@ def perplexity(loss: float) -> float:
         return math.exp(loss)
     except OverflowError:
         return float("inf")
+
+
+def unigram_perplexity(train_blocks: Any, eval_blocks: Any, vocab_size: int) -> float:
+    """Perplexity of the add-one-smoothed unigram model of ``train_blocks`` on the next-token targets of
+    ``eval_blocks`` (every token but the first of each block, as a causal LM is scored).
+
+    The reference point of a causal LM's perplexity: a model at this value has learned the token frequencies and
+    nothing of the context. Blocks are equal-length rows of token ids (arrays or lists).
+    """
+    train = np.asarray(train_blocks, dtype=np.int64).reshape(-1)
+    targets = np.asarray(eval_blocks, dtype=np.int64)[:, 1:].reshape(-1)
+    counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0
+    log_probs = np.log(counts / counts.sum())
+    return perplexity(float(-log_probs[targets].mean()))

@@ -53,6 +53,7 @@ from .callbacks import (
     last_complete_checkpoint,
 )
 from .metrics import perplexity as _perplexity
+from .metrics import unigram_perplexity
 from .presets import PRESETS_DIR, available_presets, load_preset
 
 __all__ = [
@@ -943,6 +944,10 @@ def pretrain(args: PretrainArgs | None = None) -> dict[str, Any]:
     metrics = trainer.evaluate()
     metrics["perplexity"] = _perplexity(metrics["eval_loss"])
     metrics.update(before)
+    if family == "gpt":  # what a model that learned only the token frequencies scores on the same text
+        metrics["perplexity_unigram"] = unigram_perplexity(
+            train_ds.with_format("numpy")["input_ids"], eval_ds.with_format("numpy")["input_ids"], config.vocab_size
+        )
     metrics["eval_samples"] = len(eval_ds)
     train_metrics = dict(train_output.metrics)
     train_metrics.update(
@@ -982,9 +987,11 @@ def pretrain(args: PretrainArgs | None = None) -> dict[str, Any]:
             dataset_id=dataset_id,
             training=training_info,
         )
+        unigram = metrics.get("perplexity_unigram")
         print(
             f"[deepln] perplexity {before['perplexity_before']:.2f} -> {metrics['perplexity']:.2f} "
-            f"(eval_loss {before['eval_loss_before']:.4f} -> {metrics['eval_loss']:.4f})",
+            f"(eval_loss {before['eval_loss_before']:.4f} -> {metrics['eval_loss']:.4f})"
+            + (f"; a unigram model of the training text scores {unigram:.2f}" if unigram else ""),
             flush=True,
         )
         if a.num_samples:

@@ -446,3 +446,11 @@ def test_perplexity():
     assert perplexity(1e6) == math.inf
     assert math.isnan(perplexity(float("nan")))
     assert perplexity(np.float32(2.0)) == pytest.approx(math.exp(2.0))
+
+
+def test_unigram_perplexity_matches_hand_computed_value():
+    from modeling_deepln.metrics import unigram_perplexity
+
+    # counts of [0, 0, 1, 2] with add-one over 4 ids: [3, 2, 2, 1] / 8; targets of [3, 0, 1] are 0 and 1.
+    value = unigram_perplexity([[0, 0, 1, 2]], [[3, 0, 1]], vocab_size=4)
+    assert value == pytest.approx(math.sqrt((8 / 3) * (8 / 2)), rel=1e-12)
