@@ -110,13 +110,15 @@ def _layer_of(param_name: str) -> str:
 class NonFiniteGuard(TrainerCallback):
     """Stop (``policy="stop"``) or skip the optimizer step (``"skip"``) when the loss or a gradient is NaN/inf.
 
-    :meth:`attach` installs forward hooks on every transformer block and on the modules outside the blocks
-    (embeddings, final norm, heads). Each hook stores ``isfinite(output).all()`` as a device tensor, in forward order.
-    Before each optimizer step the guard stacks those flags, the loss's and the per-parameter gradient norms
-    (``torch._foreach_norm``, one fused call) and reads them back once; when something is non-finite, the message
-    names the step, the first module (in forward order) with non-finite activations and the first parameter (in model
-    order) with a non-finite gradient. Gradients are not checked with fp16, whose loss scaler skips inf steps itself.
-    Raising keeps the last good checkpoint, since nothing is saved after the bad step.
+    :meth:`attach` installs forward hooks on every transformer block and on the embeddings and LayerNorms outside
+    the blocks (not on the heads: the loss covers them). Each hook stores ``isfinite(output).all()`` as a device
+    tensor, in forward order. Before each optimizer step the guard stacks those flags, the loss's and the
+    per-parameter gradient norms (``torch._foreach_norm``, one fused call) and reads them back once; when something
+    is non-finite, the message names the step, the first module (in forward order) with non-finite activations and
+    the first layer *in backward order* (the last in model order) with a non-finite gradient: a blow-up in backward
+    spreads from there down to the embeddings. Gradients are not checked with fp16, whose loss scaler skips inf
+    steps itself (so ``skip`` leaves those steps to the scaler). Raising keeps the last good checkpoint, since
+    nothing is saved after the bad step.
     """
 
     def __init__(self, policy: str = "stop", check_gradients: bool = True, output_dir: str | None = None):
@@ -135,15 +137,17 @@ class NonFiniteGuard(TrainerCallback):
         from .layers_deepln import DeepLNBlock
 
         self.detach()
-        block_names = [name for name, module in model.named_modules() if isinstance(module, DeepLNBlock)]
+        blocks = {name for name, module in model.named_modules() if isinstance(module, DeepLNBlock)}
 
         def inside_block(name: str) -> bool:
-            return any(name.startswith(block + ".") for block in block_names)
+            parts = name.split(".")
+            return any(".".join(parts[:i]) in blocks for i in range(1, len(parts)))
 
         for name, module in model.named_modules():
             if not name:
                 continue
-            if isinstance(module, DeepLNBlock) or (not list(module.children()) and not inside_block(name)):
+            outer = isinstance(module, (torch.nn.Embedding, torch.nn.LayerNorm)) and not inside_block(name)
+            if isinstance(module, DeepLNBlock) or outer:
                 self._handles.append(module.register_forward_hook(self._activation_hook(name, type(module).__name__)))
         self._handles.append(model.register_forward_hook(self._loss_hook))
         self._params = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
@@ -167,8 +171,9 @@ class NonFiniteGuard(TrainerCallback):
         if module.training and isinstance(loss, torch.Tensor):
             self._loss_flags.append(loss.detach().float().reshape(-1)[:1])
 
-    def _evidence(self) -> tuple[float | None, tuple[str, str] | None, str | None]:
-        """(first non-finite loss, first bad activation module, first bad gradient parameter), read back once."""
+    def _evidence(self) -> tuple[bool, float | None, tuple[str, str] | None, str | None]:
+        """(non-finite?, the non-finite loss, first bad activation module, first bad gradient parameter), read back
+        once."""
         losses = torch.cat(self._loss_flags) if self._loss_flags else torch.zeros(0)
         grads = [param.grad for _, param in self._params] if self.check_gradients else []
         present = [i for i, grad in enumerate(grads) if grad is not None]
@@ -179,19 +184,19 @@ class NonFiniteGuard(TrainerCallback):
         activation_ok = torch.stack(flags) if flags else no_flags
         grad_ok = torch.stack([norm.to(device) for norm in norms]).isfinite() if norms else no_flags
         losses_ok = losses.isfinite()
-        if bool(torch.cat([losses_ok, activation_ok, grad_ok]).all()):
-            return None, None, None
+        # Only the loss and the gradients decide; activations say where it started. (Non-finite values that never
+        # reach the loss, e.g. at fully masked padding positions, are not an error.)
+        if bool(torch.cat([losses_ok, grad_ok]).all()):
+            return False, None, None, None
         bad_loss = float(losses[~losses_ok][0]) if (~losses_ok).any() else None
         bad_module = None
         if (~activation_ok).any():
             first = int((~activation_ok).nonzero()[0])
             bad_module = self._activation_flags[first][:2]
-        bad_grad = None
-        if (~grad_ok).any():
-            bad_grad = self._params[present[int((~grad_ok).nonzero()[0])]][0]
-        if bad_loss is None and bad_grad is None and bad_module is not None:
-            bad_loss = float("nan")  # an activation went non-finite but was masked out of the loss
-        return bad_loss, bad_module, bad_grad
+        bad_grad = None  # only meaningful when the forward pass was finite (else everything above is NaN too)
+        if bad_module is None and (~grad_ok).any():
+            bad_grad = self._params[present[int((~grad_ok).nonzero()[-1])]][0]
+        return True, bad_loss, bad_module, bad_grad
 
     def describe(
         self, step: int, bad_loss: float | None, bad_module: tuple[str, str] | None, bad_grad: str | None
@@ -199,25 +204,29 @@ class NonFiniteGuard(TrainerCallback):
         what = [f"loss = {bad_loss}"] if bad_loss is not None else []
         if bad_grad is not None:
             what.append("non-finite gradients")
-        message = f"Training became non-finite at step {step} ({', '.join(what) or 'non-finite values'})."
+        message = f"Training became non-finite at step {step} ({', '.join(what) or 'non-finite gradients'})."
         if bad_module is not None:
             message += f" First layer with non-finite activations: {bad_module[0]} ({bad_module[1]})."
         else:
             message += " All activations were finite in the forward pass."
         if bad_grad is not None:
-            message += f" First layer with non-finite gradients: {_layer_of(bad_grad)} (parameter {bad_grad})."
+            message += (
+                f" First layer with non-finite gradients (in backward order): {_layer_of(bad_grad)} "
+                f"(parameter {bad_grad})."
+            )
         return message
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         step = state.global_step + 1
-        bad_loss, bad_module, bad_grad = self._evidence()
+        non_finite, bad_loss, bad_module, bad_grad = self._evidence()
         self._activation_flags, self._loss_flags = [], []
-        if not distributed_any(bad_loss is not None or bad_grad is not None or bad_module is not None):
+        if not distributed_any(non_finite):
             return control
         message = self.describe(step, bad_loss, bad_module, bad_grad)
         if self.policy == "skip":
-            for _, param in self._params:
-                param.grad = None
+            if self.check_gradients:  # fp16: the loss scaler skips the step itself and needs the gradients
+                for _, param in self._params:
+                    param.grad = None
             self.skipped_steps.append(step)
             if state.is_world_process_zero:
                 print(f"\n[deepln] {message} Skipping this optimizer step (nan_policy=skip).", flush=True)
@@ -231,4 +240,8 @@ class NonFiniteGuard(TrainerCallback):
         raise NonFiniteError(message)
 
     def on_evaluate(self, args, state, control, **kwargs):
+        self._activation_flags, self._loss_flags = [], []
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.detach()
         self._activation_flags, self._loss_flags = [], []

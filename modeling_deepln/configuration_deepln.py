@@ -82,6 +82,11 @@ class _DeepLNConfig(PretrainedConfig):
 
     def _reject_misspelt_fields(self, kwargs: dict[str, Any]) -> None:
         """transformers keeps unknown keyword arguments silently; reject those that look like a typo of ours."""
+        if "head_dim" in kwargs:
+            raise ValueError(
+                f"{type(self).__name__} derives head_dim from hidden_size / num_attention_heads; "
+                "set those instead of head_dim."
+            )
         own = [name for name in vars(self) if not name.startswith("_")]
         for key in kwargs:
             if key in own:

@@ -222,15 +222,23 @@ def run_blocks(
     return hidden_states, all_hidden_states, all_attentions
 
 
-def check_input_ids(input_ids: torch.Tensor | None, config: _DeepLNConfig) -> None:
-    """Raise ``ValueError`` for token ids outside ``[0, vocab_size)`` (on CUDA they would be a device assert)."""
+def check_input_ids(
+    input_ids: torch.Tensor | None, config: _DeepLNConfig, vocab_size: int | None = None, name: str = "input_ids"
+) -> None:
+    """Raise ``ValueError`` for ids outside ``[0, vocab_size)`` (on CUDA they would be a device-side assert).
+
+    One host synchronisation per call; skipped while ``torch.compile`` traces the model.
+    """
     if input_ids is None or input_ids.numel() == 0 or torch.compiler.is_compiling():
         return
-    low, high = int(input_ids.min()), int(input_ids.max())
-    if low < 0 or high >= config.vocab_size:
-        bad = low if low < 0 else high
+    vocab_size = config.vocab_size if vocab_size is None else vocab_size
+    outside = (input_ids < 0) | (input_ids >= vocab_size)
+    if bool(outside.any()):
+        bad = int(input_ids[outside][0])
+        if name != "input_ids":
+            raise ValueError(f"{name} contains {bad}, outside [0, {vocab_size}).")
         raise ValueError(
-            f"input_ids contains token id {bad}, outside the model's vocabulary [0, {config.vocab_size}). "
+            f"input_ids contains token id {bad}, outside the model's vocabulary [0, {vocab_size}). "
             "The tokenizer does not match the model: use the model's tokenizer, or call "
             "model.resize_token_embeddings(len(tokenizer)) before training."
         )
@@ -246,7 +254,7 @@ def check_sequence_length(length: int, config: _DeepLNConfig) -> None:
         )
 
 
-LOSS_KWARGS = ("num_items_in_batch", "ignore_index")
+LOSS_KWARGS = ("num_items_in_batch", "ignore_index", "shift_labels")
 
 
 def pop_loss_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

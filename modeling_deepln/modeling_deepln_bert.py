@@ -121,13 +121,13 @@ class DeepLNBertModel(DeepLNBertPreTrainedModel):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         check_input_ids(input_ids, self.config)
+        check_input_ids(token_type_ids, self.config, vocab_size=self.config.type_vocab_size, name="token_type_ids")
         length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         check_sequence_length(length, self.config)
-        if token_type_ids is not None and token_type_ids.numel() and int(token_type_ids.max()) >= self.config.type_vocab_size:
-            raise ValueError(
-                f"token_type_ids contains {int(token_type_ids.max())}, but type_vocab_size is "
-                f"{self.config.type_vocab_size}."
-            )
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
 
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         mask = create_bidirectional_mask(self.config, hidden_states, attention_mask)
@@ -137,8 +137,8 @@ class DeepLNBertModel(DeepLNBertPreTrainedModel):
             hidden_states,
             attention_mask=mask,
             cache=None,
-            output_attentions=bool(output_attentions),
-            output_hidden_states=bool(output_hidden_states),
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
             **kwargs,
         )
         output = BaseModelOutputWithPooling(
@@ -225,6 +225,10 @@ class DeepLNBertForMaskedLM(DeepLNBertPreTrainedModel):
 
 class DeepLNBertForSequenceClassification(DeepLNBertPreTrainedModel):
     """:class:`DeepLNBertModel` with dropout and a linear classifier on the pooled [CLS] vector."""
+
+    # The loss is a per-example mean that ignores Trainer's ``num_items_in_batch``: let Trainer divide it by the
+    # gradient-accumulation steps itself.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: DeepLNBertConfig):
         super().__init__(config)

@@ -91,13 +91,15 @@ class DeepLNGPTModel(DeepLNGPTPreTrainedModel):
         cache = cache if cache is not None else past_key_values
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        output_attentions = bool(output_attentions)
-        output_hidden_states = bool(output_hidden_states)
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         if self.gradient_checkpointing and self.training and use_cache:
             logger.warning_once("use_cache=True is incompatible with gradient checkpointing; using use_cache=False.")
-            use_cache = False
+            use_cache, cache = False, None
 
         if inputs_embeds is None:
             check_input_ids(input_ids, self.config)
@@ -204,6 +206,10 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
 class DeepLNGPTForSequenceClassification(DeepLNGPTPreTrainedModel):
     """:class:`DeepLNGPTModel` with a linear classifier on the last non-padding token (GPT-2's rule: the
     rightmost token that is not ``pad_token_id``, so left and right padding both work)."""
+
+    # The loss is a per-example mean that ignores Trainer's ``num_items_in_batch``: let Trainer divide it by the
+    # gradient-accumulation steps itself.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: DeepLNGPTConfig):
         super().__init__(config)

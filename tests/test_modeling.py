@@ -505,6 +505,8 @@ def test_bad_forward_inputs_raise_clear_errors():
             model(torch.randint(3, 97, (1, 65)))
         with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
             model()
+    with pytest.raises(ValueError, match=r"token_type_ids contains 2, outside \[0, 2\)"):
+        bert(torch.tensor([[5, 6]]), token_type_ids=torch.tensor([[0, 2]]))
     cache_out = gpt(torch.randint(3, 97, (1, 60)), use_cache=True)
     with pytest.raises(ValueError, match="Sequence length 66 .*including cached tokens"):
         gpt(torch.randint(3, 97, (1, 6)), cache=cache_out.cache if hasattr(cache_out, "cache") else cache_out.past_key_values)
@@ -530,3 +532,32 @@ def test_heads_load_from_a_base_checkpoint(tmp_path):
     base.save_pretrained(tmp_path)
     classifier = DeepLNBertForSequenceClassification.from_pretrained(tmp_path, num_labels=2)
     assert torch.equal(classifier.bert.layers[1].mlp.fc1.weight, base.bert.layers[1].mlp.fc1.weight)
+
+
+def test_output_flags_in_the_config_are_honoured(tmp_path):
+    """Feature extractors set output_hidden_states on the config (from_pretrained kwargs), as for GPT-2/BERT."""
+    from transformers import AutoModel
+
+    for model in (DeepLNGPTForCausalLM(tiny_gpt()), DeepLNBertForMaskedLM(tiny_bert())):
+        model.save_pretrained(tmp_path / type(model).__name__)
+        loaded = AutoModel.from_pretrained(tmp_path / type(model).__name__, output_hidden_states=True,
+                                           output_attentions=True, attn_implementation="eager")
+        out = loaded(torch.randint(3, 97, (1, 5)))
+        assert len(out.hidden_states) == 4 and len(out.attentions) == 3
+        assert loaded(torch.randint(3, 97, (1, 5)), output_hidden_states=False).hidden_states is None
+
+
+@pytest.mark.parametrize("cls,make,accepts", [
+    (DeepLNGPTForCausalLM, tiny_gpt, True),
+    (DeepLNBertForMaskedLM, tiny_bert, True),
+    (DeepLNGPTForSequenceClassification, tiny_gpt, False),
+    (DeepLNBertForSequenceClassification, tiny_bert, False),
+])
+def test_trainer_scales_the_loss_correctly_under_gradient_accumulation(cls, make, accepts, tmp_path):
+    """Token-level LM losses use Trainer's num_items_in_batch; the per-example classification losses do not, so
+    Trainer must divide them by the accumulation steps itself (accepts_loss_kwargs=False)."""
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), gradient_accumulation_steps=4, report_to="none", use_cpu=True)
+    trainer = Trainer(model=cls(make()), args=args)
+    assert trainer.model_accepts_loss_kwargs is accepts

@@ -473,3 +473,31 @@ def test_two_process_accelerate_matches_one_process(tmp_path, text_file):
     assert sorted(losses_one) == sorted(losses_two) == list(range(1, 7))
     for step in losses_one:
         assert losses_two[step] == pytest.approx(losses_one[step], rel=1e-4), step
+
+
+def test_nan_guard_blames_the_layer_where_a_backward_blow_up_starts():
+    """A gradient that turns NaN inside layer 2's FFN poisons layer 2 and everything below it; the guard names
+    layer 2 (the first bad layer in backward order), not the embeddings, and ignores finite steps."""
+    from types import SimpleNamespace
+
+    from modeling_deepln import DeepLNGPTConfig, DeepLNGPTForCausalLM
+    from modeling_deepln.callbacks import NonFiniteError, NonFiniteGuard
+
+    torch.manual_seed(0)
+    model = DeepLNGPTForCausalLM(
+        DeepLNGPTConfig(vocab_size=50, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+                        bos_token_id=0, eos_token_id=0)
+    ).train()  # fmt: skip
+    guard = NonFiniteGuard(policy="stop").attach(model)
+    state = SimpleNamespace(global_step=6, is_world_process_zero=True)
+    ids = torch.randint(0, 50, (2, 8))
+    model(ids, labels=ids).loss.backward()
+    guard.on_pre_optimizer_step(None, state, None)  # finite: passes
+    model.zero_grad()
+    fc1 = model.transformer.layers[2].mlp.fc1
+    handle = fc1.register_full_backward_hook(lambda module, grad_in, grad_out: (grad_in[0] * float("nan"),))
+    model(ids, labels=ids).loss.backward()
+    handle.remove()
+    with pytest.raises(NonFiniteError, match=r"step 7 .*All activations were finite.*backward order\): "
+                       r"transformer\.layers\.2 \(parameter transformer\.layers\.2\."):
+        guard.on_pre_optimizer_step(None, state, None)
