@@ -54,6 +54,7 @@ from .callbacks import (
 )
 from .metrics import perplexity as _perplexity
 from .metrics import unigram_perplexity
+from .plots import plot_loss_curve
 from .presets import PRESETS_DIR, available_presets, load_preset
 
 __all__ = [
@@ -961,6 +962,16 @@ def pretrain(args: PretrainArgs | None = None) -> dict[str, Any]:
 
     samples: list[str] = []
     if is_main:
+        unigram_ppl = metrics.get("perplexity_unigram")
+        plot_loss_curve(
+            trainer.state.log_history,
+            output_dir / "loss.png",
+            title=f"{a.preset}: {config.num_hidden_layers} layers, {config.residual_norm}",
+            reference_losses={
+                "before training": before["eval_loss_before"],
+                "unigram model": math.log(unigram_ppl) if unigram_ppl else None,
+            },
+        )
         dataset_desc = (
             "the embedded English Wikipedia corpus (gensim test data, CC BY-SA)" if a.data is None else str(a.data)
         )

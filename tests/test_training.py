@@ -116,6 +116,7 @@ def test_pretrain_gpt_end_to_end(gpt_run):
     assert results["perplexity"] == pytest.approx(math.exp(results["eval_loss"]), rel=1e-6)
     assert results["eval_loss"] < results["eval_loss_before"]
     assert 1.0 < results["perplexity_unigram"] < results["perplexity_before"]  # the frequency-only reference
+    assert (gpt_run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md", "modeling_deepln_gpt.py"):
         assert (gpt_run / name).is_file(), name
     card = (gpt_run / "README.md").read_text()
