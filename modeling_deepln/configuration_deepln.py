@@ -229,7 +229,9 @@ class DeepLNGPTConfig(_DeepLNConfig):
     FoundationLayerNorm paper is ``configuration/gpt-1k.json``. Arguments are those of
     :class:`DeepLNBertConfig` without the segment fields; ``residual_norm`` defaults to ``pre_ln``.
     ``use_cache`` enables the KV cache in generation; ``embedding_dropout_prob`` is the dropout on the
-    embeddings (GPT-2's ``embd_pdrop``; ``None``: ``hidden_dropout_prob``).
+    embeddings (GPT-2's ``embd_pdrop``; ``None``: ``hidden_dropout_prob``); ``lm_head_transform`` puts BERT's
+    head transform ``LN(act(dense(h)))`` before the LM head (off: GPT-2's bare head; the post-LN presets turn it
+    on, see ``layers_deepln.LMHeadTransform``).
     """
 
     model_type = "deepln_gpt"
@@ -242,6 +244,7 @@ class DeepLNGPTConfig(_DeepLNConfig):
         "max_position_embeddings": 1024,
         "hidden_act": "gelu_new",
         "embedding_dropout_prob": None,
+        "lm_head_transform": False,
         "layer_norm_eps": 1e-5,
         "residual_norm": "pre_ln",
         "use_cache": True,

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.activations import ACT2FN
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
@@ -25,6 +24,7 @@ from transformers.modeling_outputs import (
 from .configuration_deepln import DeepLNBertConfig
 from .layers_deepln import (
     DeepLNPreTrainedModel,
+    LMHeadTransform,
     build_blocks,
     check_input_ids,
     check_sequence_length,
@@ -150,18 +150,15 @@ class DeepLNBertModel(DeepLNBertPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class DeepLNBertLMHead(nn.Module):
+class DeepLNBertLMHead(LMHeadTransform):
     """BERT's MLM head: ``decoder(LN(act(dense(h))))``; the decoder is tied to the word embeddings."""
 
     def __init__(self, config: DeepLNBertConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.act = ACT2FN[config.hidden_act]
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        super().__init__(config)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.norm(self.act(self.dense(hidden_states))))
+        return self.decoder(super().forward(hidden_states))
 
 
 class DeepLNBertForMaskedLM(DeepLNBertPreTrainedModel):

@@ -28,6 +28,7 @@ from .configuration_deepln import DeepLNGPTConfig
 from .layers_deepln import (
     CACHE_FIELD,
     DeepLNPreTrainedModel,
+    LMHeadTransform,
     build_blocks,
     check_input_ids,
     check_sequence_length,
@@ -136,13 +137,15 @@ class DeepLNGPTModel(DeepLNGPTPreTrainedModel):
 
 class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
     """:class:`DeepLNGPTModel` with a linear LM head (tied to the token embeddings when
-    ``config.tie_word_embeddings``). ``labels`` are shifted inside the model, as in GPT-2."""
+    ``config.tie_word_embeddings``), after BERT's head transform when ``config.lm_head_transform``.
+    ``labels`` are shifted inside the model, as in GPT-2."""
 
     _tied_weights_keys = {"lm_head.weight": "transformer.token_embeddings.weight"}
 
     def __init__(self, config: DeepLNGPTConfig):
         super().__init__(config)
         self.transformer = DeepLNGPTModel(config)
+        self.lm_head_transform = LMHeadTransform(config) if config.lm_head_transform else None
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
@@ -189,7 +192,10 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
             return_dict=True,
             **kwargs,
         )
-        logits = self.lm_head(keep_last_positions(outputs.last_hidden_state, logits_to_keep))
+        hidden_states = keep_last_positions(outputs.last_hidden_state, logits_to_keep)
+        if self.lm_head_transform is not None:
+            hidden_states = self.lm_head_transform(hidden_states)
+        logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)

@@ -561,3 +561,17 @@ def test_trainer_scales_the_loss_correctly_under_gradient_accumulation(cls, make
     args = TrainingArguments(output_dir=str(tmp_path), gradient_accumulation_steps=4, report_to="none", use_cpu=True)
     trainer = Trainer(model=cls(make()), args=args)
     assert trainer.model_accepts_loss_kwargs is accepts
+
+
+def test_lm_head_transform_is_applied_before_the_tied_decoder(tmp_path):
+    torch.manual_seed(0)
+    model = DeepLNGPTForCausalLM(tiny_gpt(residual_norm="foundation_ln", lm_head_transform=True)).eval()
+    ids = torch.randint(3, 97, (2, 6))
+    hidden = model.transformer(ids).last_hidden_state
+    transform = model.lm_head_transform
+    want = _layer_norm(F.gelu(F.linear(hidden, transform.dense.weight, transform.dense.bias), approximate="tanh"),
+                       transform.norm) @ model.transformer.token_embeddings.weight.T
+    torch.testing.assert_close(model(ids).logits, want, atol=1e-5, rtol=1e-5)
+    assert model.lm_head.weight is model.transformer.token_embeddings.weight
+    model.save_pretrained(tmp_path)
+    torch.testing.assert_close(DeepLNGPTForCausalLM.from_pretrained(tmp_path)(ids).logits, want, atol=1e-6, rtol=0)
