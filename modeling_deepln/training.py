@@ -542,18 +542,12 @@ def _check_positive(**values: Any) -> None:
 
 
 def _training_arguments(
-    a: PretrainArgs | FinetuneArgs,
-    *,
-    output_dir: str,
-    world: int,
-    eval_batch_size: int,
-    eval_steps: int | None,
-    logging_steps: int,
-    save_steps: int,
-    num_epochs: float,
-    extra: dict[str, Any] | None = None,
+    a: PretrainArgs | FinetuneArgs, *, output_dir: str, world: int, extra: dict[str, Any] | None = None
 ):
+    """``TrainingArguments`` from the resolved arguments (batch sizes are global, divided over ``world``)."""
     from transformers import TrainingArguments
+
+    eval_batch_size = a.eval_batch_size or 2 * a.batch_size
 
     schedule, schedule_kwargs = _schedule_kwargs(a.lr_schedule, a.min_lr, a.lr)
     if a.optim not in _OPTIMIZERS:
@@ -575,13 +569,13 @@ def _training_arguments(
         weight_decay=weight_decay,
         optim="adamw_torch",
         max_steps=a.max_steps if a.max_steps and a.max_steps > 0 else -1,
-        num_train_epochs=num_epochs,
-        logging_steps=logging_steps,
+        num_train_epochs=a.num_epochs,
+        logging_steps=a.logging_steps,
         logging_first_step=True,
-        eval_strategy="steps" if eval_steps else "no",
-        eval_steps=eval_steps or None,
+        eval_strategy="steps" if a.eval_steps else "no",
+        eval_steps=a.eval_steps or None,
         save_strategy="steps",
-        save_steps=save_steps,
+        save_steps=a.save_steps,
         save_total_limit=a.save_total_limit,
         seed=a.seed,
         data_seed=a.seed,
@@ -733,21 +727,9 @@ def pretrain(args: PretrainArgs | None = None) -> dict[str, Any]:
         _check_output_dir(output_dir, a.overwrite, a.resume)
         if a.overwrite and not a.resume and is_main and output_dir.is_dir():
             _clear_output_dir(output_dir)
-        eval_batch = a.eval_batch_size or 2 * a.batch_size
-        training_args = _training_arguments(
-            a,
-            output_dir=str(output_dir),
-            world=world,
-            eval_batch_size=eval_batch,
-            eval_steps=a.eval_steps,
-            logging_steps=a.logging_steps,
-            save_steps=a.save_steps,
-            num_epochs=a.num_epochs,
-        )
+        training_args = _training_arguments(a, output_dir=str(output_dir), world=world)
+        # checks the tokenizer against the vocabulary when it builds it; a cached one passed that check
         tokenizer, lm_data = _prepare_lm_data(a, config, output_dir, training_args, is_main)
-        from .tokenizer_training import check_tokenizer_fits
-
-        check_tokenizer_fits(tokenizer, config.vocab_size)
         resume_from = _resume_checkpoint(a.resume, output_dir, is_main)
     except errors as exc:
         raise _as_input_error(exc) from exc
@@ -1108,16 +1090,10 @@ def finetune(args: FinetuneArgs) -> dict[str, Any]:
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
         encoded = tokenize_pairs(raw, tokenizer, args.text_columns, args.label_column, args.max_seq_len)
-        eval_batch = args.eval_batch_size or 2 * args.batch_size
         training_args = _training_arguments(
             args,
             output_dir=str(output_dir),
             world=world,
-            eval_batch_size=eval_batch,
-            eval_steps=args.eval_steps,
-            logging_steps=args.logging_steps,
-            save_steps=args.save_steps,
-            num_epochs=args.num_epochs,
             extra={} if args.eval_steps else {"eval_strategy": "epoch"},
         )
         resume_from = _resume_checkpoint(args.resume, output_dir, is_main)

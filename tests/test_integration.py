@@ -57,44 +57,28 @@ SCHEME_KWARGS = {
 }
 
 
+TINY_SHAPE = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    pad_token_id=PAD,
+    num_labels=3,
+)
+
+
 def gpt_config(scheme: str = "pre_ln", **overrides) -> DeepLNGPTConfig:
-    kwargs = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        residual_norm=scheme,
-        pad_token_id=PAD,
-        bos_token_id=EOS,
-        eos_token_id=EOS,
-        num_labels=3,
-    )
-    kwargs.update(SCHEME_KWARGS.get(scheme, {}))
-    kwargs.update(overrides)
-    return DeepLNGPTConfig(**kwargs)
+    fields = {**TINY_SHAPE, "residual_norm": scheme, "bos_token_id": EOS, "eos_token_id": EOS}
+    return DeepLNGPTConfig(**{**fields, **SCHEME_KWARGS.get(scheme, {}), **overrides})
 
 
 def bert_config(scheme: str = "post_ln", **overrides) -> DeepLNBertConfig:
-    kwargs = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        residual_norm=scheme,
-        pad_token_id=PAD,
-        num_labels=3,
-    )
-    kwargs.update(SCHEME_KWARGS.get(scheme, {}))
-    kwargs.update(overrides)
-    return DeepLNBertConfig(**kwargs)
+    fields = {**TINY_SHAPE, "residual_norm": scheme}
+    return DeepLNBertConfig(**{**fields, **SCHEME_KWARGS.get(scheme, {}), **overrides})
 
 
 def perturbed(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
