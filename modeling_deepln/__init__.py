@@ -3,9 +3,18 @@
 Importing the package registers both configs and every model class with transformers' Auto classes, so
 ``AutoModelForCausalLM.from_pretrained(folder)`` works without ``trust_remote_code`` when deepln is installed.
 Saved folders also carry the model code (remote code) and load with ``trust_remote_code=True`` where it is not.
+
+Layout (``docs/architecture.md``): ``model/`` is the remote code that travels with every saved model; ``training/``
+holds ``pretrain`` / ``finetune`` and their tools; each later feature has a package of its own. Module paths from
+before that layout (``modeling_deepln.data``, ``modeling_deepln.layers_deepln``, ...) still import (:data:`MOVED`).
 """
 
 from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
 
 from transformers import (
     AutoConfig,
@@ -15,21 +24,21 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
-from .configuration_deepln import DeepLNBertConfig, DeepLNGPTConfig
-from .modeling_deepln_bert import (
+from .model.configuration_deepln import DeepLNBertConfig, DeepLNGPTConfig
+from .model.modeling_deepln_bert import (
     DeepLNBertForMaskedLM,
     DeepLNBertForSequenceClassification,
     DeepLNBertModel,
     DeepLNBertPreTrainedModel,
 )
-from .modeling_deepln_gpt import (
+from .model.modeling_deepln_gpt import (
     DeepLNGPTForCausalLM,
     DeepLNGPTForSequenceClassification,
     DeepLNGPTModel,
     DeepLNGPTPreTrainedModel,
 )
 from .presets import PRESETS_DIR, available_presets, load_preset
-from .residual_deepln import RESIDUAL_SCHEMES, ResidualScheme, get_residual_scheme
+from .model.residual_deepln import RESIDUAL_SCHEMES, ResidualScheme, get_residual_scheme
 
 __version__ = "0.1.0"
 
@@ -68,6 +77,36 @@ def _register_peft_targets() -> None:
 
 
 _register()
+
+MOVED = {
+    **{f"{__name__}.{name}": f"{__name__}.model.{name}" for name in (
+        "configuration_deepln", "residual_deepln", "layers_deepln", "modeling_deepln_bert", "modeling_deepln_gpt"
+    )},
+    **{f"{__name__}.{name}": f"{__name__}.training.{name}" for name in (
+        "callbacks", "corpus", "data", "metrics", "model_card", "plots"
+    )},
+    f"{__name__}.tokenizer_training": f"{__name__}.training.tokenization",
+}
+"""Old module path -> new one. ``import modeling_deepln.data`` gives ``modeling_deepln.training.data`` itself."""
+
+
+class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Makes each old path in :data:`MOVED` an alias of the module that now lives at the new path."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in MOVED:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        return importlib.import_module(MOVED[spec.name])
+
+    def exec_module(self, module):
+        pass  # already executed under its new name
+
+
+if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
+    sys.meta_path.append(_MovedModuleFinder())
 
 __all__ = [
     "DeepLNBertConfig",

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from transformers import BertForMaskedLM, GPT2LMHeadModel
 
-from .configuration_deepln import DeepLNBertConfig, DeepLNGPTConfig
-from .modeling_deepln_bert import DeepLNBertForMaskedLM
-from .modeling_deepln_gpt import DeepLNGPTForCausalLM
+from .model.configuration_deepln import DeepLNBertConfig, DeepLNGPTConfig
+from .model.modeling_deepln_bert import DeepLNBertForMaskedLM
+from .model.modeling_deepln_gpt import DeepLNGPTForCausalLM
 
 
 def _load_exact(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .configuration_deepln import DeepLNBertConfig, DeepLNGPTConfig
+from .model.configuration_deepln import DeepLNBertConfig, DeepLNGPTConfig
 
 
 def _find_presets_dir() -> Path:

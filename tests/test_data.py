@@ -21,20 +21,19 @@ import pytest
 from datasets import Dataset, DatasetDict
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, EvalPrediction
 
-from modeling_deepln import corpus as corpus_mod
-from modeling_deepln.data import (
+from modeling_deepln.training import corpus as corpus_mod
+from modeling_deepln.training.data import (
     CorpusTooSmallError,
     DataError,
     DataFileNotFoundError,
     EmptyDataError,
     MissingColumnError,
-    load_pair_task,
     load_text_data,
     tokenize_and_group,
-    tokenize_pairs,
 )
-from modeling_deepln.metrics import classification_metrics, perplexity
-from modeling_deepln.tokenizer_training import (
+from modeling_deepln.training.pair_tasks import load_pair_task, tokenize_pairs
+from modeling_deepln.training.metrics import classification_metrics, perplexity
+from modeling_deepln.training.tokenization import (
     TokenizerVocabMismatchError,
     check_tokenizer_fits,
     load_or_train_tokenizer,
@@ -449,7 +448,7 @@ def test_perplexity():
 
 
 def test_unigram_perplexity_matches_hand_computed_value():
-    from modeling_deepln.metrics import unigram_perplexity
+    from modeling_deepln.training.metrics import unigram_perplexity
 
     # counts of [0, 0, 1, 2] with add-one over 4 ids: [3, 2, 2, 1] / 8; targets of [3, 0, 1] are 0 and 1.
     value = unigram_perplexity([[0, 0, 1, 2]], [[3, 0, 1]], vocab_size=4)

@@ -484,7 +484,7 @@ def test_saved_folder_is_self_contained(tmp_path):
 # --------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tokenizer_training():
-    return pytest.importorskip("modeling_deepln.tokenizer_training")
+    return pytest.importorskip("modeling_deepln.training.tokenization")
 
 
 def test_text_generation_pipeline_matches_generate(tmp_path, tokenizer_training):

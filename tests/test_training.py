@@ -67,7 +67,7 @@ def _single_thread():
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory) -> Path:
     """~250 KB of English prose from the embedded corpus, one paragraph per line."""
-    from modeling_deepln.corpus import wiki_articles
+    from modeling_deepln.training.corpus import wiki_articles
 
     lines = [line for text in wiki_articles()[:6] for line in text.split("\n") if line.strip()]
     path = tmp_path_factory.mktemp("text") / "wiki.txt"
@@ -351,7 +351,7 @@ def test_error_bad_argument_value(capsys):
 
 def test_nan_guard_names_step_and_layer(capsys, tmp_path, text_file, monkeypatch):
     """Layer 2 starts producing inf at step 5: the run stops there, names step and layer, keeps checkpoint-4."""
-    from modeling_deepln import layers_deepln
+    from modeling_deepln.model import layers_deepln
 
     original = layers_deepln.DeepLNBlock.forward
     calls = {"n": 0}
@@ -379,7 +379,7 @@ def test_nan_guard_names_step_and_layer(capsys, tmp_path, text_file, monkeypatch
 
 
 def test_nan_guard_skip_policy(capsys, tmp_path, text_file, monkeypatch):
-    from modeling_deepln import layers_deepln
+    from modeling_deepln.model import layers_deepln
 
     original = layers_deepln.DeepLNBlock.forward
     calls = {"n": 0}
@@ -411,7 +411,7 @@ def test_nan_guard_skip_policy(capsys, tmp_path, text_file, monkeypatch):
 
 _SLOW_CHILD = """
 import sys, time
-import modeling_deepln.layers_deepln as L
+import modeling_deepln.model.layers_deepln as L
 _forward = L.DeepLNBlock.forward
 def forward(self, *args, **kwargs):
     time.sleep(0.03)  # slows training only (no numerical effect), so the kill lands mid-run
@@ -499,7 +499,7 @@ def test_nan_guard_blames_the_layer_where_a_backward_blow_up_starts():
     from types import SimpleNamespace
 
     from modeling_deepln import DeepLNGPTConfig, DeepLNGPTForCausalLM
-    from modeling_deepln.callbacks import NonFiniteError, NonFiniteGuard
+    from modeling_deepln.training.callbacks import NonFiniteError, NonFiniteGuard
 
     torch.manual_seed(0)
     model = DeepLNGPTForCausalLM(

@@ -134,7 +134,7 @@ class NonFiniteGuard(TrainerCallback):
         self._loss_flags: list[torch.Tensor] = []
 
     def attach(self, model: torch.nn.Module) -> "NonFiniteGuard":
-        from .layers_deepln import DeepLNBlock
+        from ..model.layers_deepln import DeepLNBlock
 
         self.detach()
         blocks = {name for name, module in model.named_modules() if isinstance(module, DeepLNBlock)}

@@ -10,6 +10,30 @@ from typing import Any
 __all__ = ["write_model_card"]
 
 
+def _eval_results(metrics: dict[str, Any], task: str, dataset_id: str | None, dataset_name: str) -> list:
+    """``huggingface_hub.EvalResult`` entries (the card's ``model-index``) for the finite quality metrics."""
+    from huggingface_hub import EvalResult
+
+    task_type = {"text-generation": "text-generation", "fill-mask": "fill-mask"}.get(task, "text-classification")
+    results = []
+    for key, value in metrics.items():
+        if not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+            continue
+        metric = key.removeprefix("eval_")
+        if any(word in metric for word in ("runtime", "per_second", "preparation_time", "samples", "epoch")):
+            continue
+        results.append(
+            EvalResult(
+                task_type=task_type,
+                dataset_type=dataset_id or "custom",
+                dataset_name=dataset_name,
+                metric_type=metric,
+                metric_value=float(value),
+            )
+        )
+    return results
+
+
 def write_model_card(
     output_dir: str | os.PathLike,
     *,
@@ -29,25 +53,9 @@ def write_model_card(
         dataset_name: human-readable data description; ``dataset_id``: Hub dataset id, if any (card metadata).
         training: hyper-parameters to list.
     """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from huggingface_hub import ModelCard, ModelCardData
 
-    task_type = {"text-generation": "text-generation", "fill-mask": "fill-mask"}.get(task, "text-classification")
-    eval_results = []
-    for key, value in metrics.items():
-        if not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-            continue
-        metric = key.removeprefix("eval_")
-        if any(word in metric for word in ("runtime", "per_second", "preparation_time", "samples", "epoch")):
-            continue
-        eval_results.append(
-            EvalResult(
-                task_type=task_type,
-                dataset_type=dataset_id or "custom",
-                dataset_name=dataset_name,
-                metric_type=metric,
-                metric_value=float(value),
-            )
-        )
+    eval_results = _eval_results(metrics, task, dataset_id, dataset_name)
     card_data = ModelCardData(
         model_name=model_name,
         library_name="transformers",
