@@ -7,6 +7,7 @@ equations, and saved-and-reloaded copies.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -170,6 +171,39 @@ def test_block_matches_hand_written_equation(scheme, causal):
             _layer_norm(h, ln_m), block.mlp, gelu, mid_norm=block.mlp.mid_norm
         )
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scheme", ["post_ln", "foundation_ln", "upscale_ln"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_alpha_plus_ln_form_matches_the_authors_module(scheme, causal):
+    """post_norm_form="alpha_plus_ln": s = x + G(x), x_next = α·s + LN(s) (ShenDezhou/DeepLayerNorm's forward)."""
+    layers = 6
+    make = tiny_gpt if causal else tiny_bert
+    config = make(residual_norm=scheme, num_hidden_layers=layers, post_norm_form="alpha_plus_ln", hidden_act="gelu")
+    model = (DeepLNGPTModel if causal else DeepLNBertModel)(config).eval()
+    block = model.layers[1]
+    _randomize(block)
+    x = torch.randn(2, 5, 32)
+    alpha = {"post_ln": 1.0, "foundation_ln": 0.974, "upscale_ln": (2 * layers) ** 0.25}[scheme]
+
+    def authors_module(s, norm):  # DeepNorm.forward of the author's repository: alpha * x + LayerNorm(x)
+        return alpha * s + _layer_norm(s, norm)
+
+    h = authors_module(x + _attention_by_hand(x, block.attention, causal), block.attention_residual.norm)
+    want = authors_module(h + _mlp_by_hand(h, block.mlp, F.gelu), block.mlp_residual.norm)
+    got, _ = block(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_post_norm_form_is_stored_and_checked(tmp_path):
+    config = tiny_gpt(residual_norm="foundation_ln")
+    assert config.post_norm_form == "ln"  # None resolves to the scheme's default and is saved explicitly
+    config.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["post_norm_form"] == "ln"
+    with pytest.raises(ValueError, match="post_norm_form must be one of"):
+        tiny_gpt(residual_norm="foundation_ln", post_norm_form="ln_plus_alpha")
+    with pytest.raises(ValueError, match="applies to the Post-LN family"):
+        tiny_bert(residual_norm="pre_ln", post_norm_form="alpha_plus_ln")
 
 
 def test_normformer_head_scale_after_out_proj_matches_fairseq_form():

@@ -13,7 +13,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from .residual_deepln import RESIDUAL_SCHEMES, get_residual_scheme
+from .residual_deepln import POST_NORM_FORMS, RESIDUAL_SCHEMES, get_residual_scheme
 
 HEAD_SCALE_POSITIONS = ("before_out_proj", "after_out_proj")
 
@@ -38,6 +38,7 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "initializer_range": 0.02,
     "residual_alpha": None,
     "residual_beta": None,
+    "post_norm_form": None,
     "scale_output_init": False,
     "normformer_head_scale": True,
     "normformer_attn_norm": True,
@@ -65,6 +66,10 @@ class _DeepLNConfig(PretrainedConfig):
         if self.intermediate_size is None and isinstance(self.hidden_size, int):
             self.intermediate_size = 4 * self.hidden_size
         self._reject_misspelt_fields(kwargs)
+        if self.post_norm_form is None and isinstance(getattr(self, "residual_norm", None), str):
+            # stored explicitly, so a saved model keeps its form if a scheme's default changes
+            scheme = RESIDUAL_SCHEMES.get(self.residual_norm)
+            self.post_norm_form = scheme.default_post_norm_form if scheme else None
         # A complete auto_map, so AutoModel / any head loads a folder saved from any head (remote code).
         kwargs.setdefault("auto_map", dict(self._deepln_auto_map))
         super().__init__(**kwargs)
@@ -131,6 +136,16 @@ class _DeepLNConfig(PretrainedConfig):
                 raise ValueError(
                     f"{name}.{field} must be a positive number or None (the scheme's formula), got {value!r}."
                 )
+        if self.post_norm_form not in POST_NORM_FORMS:
+            raise ValueError(
+                f"{name}.post_norm_form must be one of {POST_NORM_FORMS}, got {self.post_norm_form!r}."
+            )
+        if self.post_norm_form != "ln" and self.residual_scheme.norm_position != "post":
+            raise ValueError(
+                f"{name}.post_norm_form={self.post_norm_form!r} applies to the Post-LN family (post_ln, deepnorm, "
+                f"upscale_ln, foundation_ln); residual_norm={self.residual_norm!r} normalises before the sublayer. "
+                "Use post_norm_form='ln' (or None)."
+            )
         if self.normformer_head_scale_position not in HEAD_SCALE_POSITIONS:
             raise ValueError(
                 f"{name}.normformer_head_scale_position must be one of {HEAD_SCALE_POSITIONS}, "
@@ -183,6 +198,9 @@ class DeepLNBertConfig(_DeepLNConfig):
             ``foundation_ln`` or ``normformer``.
         residual_alpha: override the scheme's residual multiplier α (``None``: the scheme's formula).
         residual_beta: override DeepNorm's init gain β (``None``: the formula; other schemes: standard init).
+        post_norm_form: the Post-LN family's normalisation at the residual sum: ``"ln"`` = ``LN(α·x + G(x))``
+            or ``"alpha_plus_ln"`` = ``α·s + LN(s)`` with ``s = x + G(x)`` (the FoundationLayerNorm author's
+            module; see ``residual_deepln``). ``None``: the scheme's default, stored explicitly.
         scale_output_init: init the attention-output and FFN-output weights with ``σ/sqrt(2N)``
             (GPT-2/Megatron scaled init) in schemes without β.
         normformer_head_scale, normformer_attn_norm, normformer_ffn_norm, normformer_residual_scale:

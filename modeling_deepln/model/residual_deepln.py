@@ -16,6 +16,16 @@ stateless object picked by ``config.residual_norm``:
                    FFN mid LN, optional ResScale)
 =================  =======================================  =========  ===========  ========================
 
+The Post-LN family (``norm_position="post"``) has two forms of the normalisation at the residual sum, chosen by
+``config.post_norm_form`` (:data:`POST_NORM_FORMS`):
+
+* ``"ln"``: ``x = LN(α·x + G(x))``, the table above (DeepNet's equation; FoundationLayerNorm as reconstructed
+  from a third-party summary, methods.md §5);
+* ``"alpha_plus_ln"``: ``s = x + G(x)``, ``x = α·s + LN(s)``: the FoundationLayerNorm author's own normalization
+  module (``ShenDezhou/DeepLayerNorm``, ``forward(x) = α·x + LN(x)``) put where Post-LN has ``LN(s)``
+  (methods.md §5.1, "a second reading"). With α < 1 the stream stays bounded (≈ |LN| / (1 − α)); with α > 1 it
+  grows as α^(2N) and overflows at depth.
+
 ``N`` is the number of layers. DeepNet's encoder-only (BERT) and decoder-only (GPT) constants are the same
 formula of the depth, so one scheme serves both families. "--" means the weights keep the standard
 ``N(0, initializer_range)`` init. A scheme is registered in :data:`RESIDUAL_SCHEMES`; adding a scheme means
@@ -42,6 +52,10 @@ import torch
 from torch import nn
 
 
+POST_NORM_FORMS = ("ln", "alpha_plus_ln")
+"""The forms of the Post-LN family's normalisation at the residual sum: ``LN(α·x + G(x))`` or ``α·s + LN(s)``."""
+
+
 class ResidualScheme:
     """How one sublayer is combined with its residual stream, and how the block's weights are initialised.
 
@@ -52,6 +66,8 @@ class ResidualScheme:
         final_norm: whether the stack ends with one more LayerNorm (true for the Pre-LN family).
         normformer: whether the NormFormer extras (head scale, post-attention LN, FFN mid LN, ResScale) may be
             switched on by the ``normformer_*`` config fields.
+        default_post_norm_form: the form (:data:`POST_NORM_FORMS`) a config of this scheme gets when it does not
+            name one (``"ln"`` for every scheme; a Pre-LN scheme has no other form).
     """
 
     name: str = ""
@@ -59,6 +75,7 @@ class ResidualScheme:
     final_norm: bool = False
     normformer: bool = False
     description: str = ""
+    default_post_norm_form: str = "ln"
 
     def default_alpha(self, num_layers: int) -> float:
         """The residual multiplier α of the scheme for a stack of ``num_layers`` layers."""
@@ -73,6 +90,10 @@ class ResidualScheme:
         if getattr(config, "residual_alpha", None) is not None:
             return float(config.residual_alpha)
         return self.default_alpha(config.num_hidden_layers)
+
+    def post_norm_form(self, config: Any) -> str:
+        """The normalisation form for ``config``: ``config.post_norm_form`` when set, else the scheme's default."""
+        return getattr(config, "post_norm_form", None) or self.default_post_norm_form
 
     def beta(self, config: Any) -> float | None:
         """β for ``config``: ``config.residual_beta`` when set, else the scheme's formula (or ``None``)."""
@@ -212,7 +233,8 @@ class ResidualConnection(nn.Module):
     """One sublayer with its residual path: ``norm_post(α·λ⊙x + dropout(branch_norm(G(norm_pre(x)))))``.
 
     Exactly one of ``norm_pre``/``norm_post`` is the LayerNorm ``self.norm`` (placed by the scheme); the other is
-    the identity. ``branch_norm`` is NormFormer's post-attention LayerNorm, and ``residual_scale`` (λ) its
+    the identity. In the ``"alpha_plus_ln"`` post-norm form, α moves from the skip input to the module that
+    replaces the LayerNorm: ``s = x + dropout(G(x))``, output ``α·s + LN(s)``. ``branch_norm`` is NormFormer's post-attention LayerNorm, and ``residual_scale`` (λ) its
     ResScale vector; both are absent for the other schemes. α is a plain float computed from the config, so it
     is never stored in (or lost from) a checkpoint.
 
@@ -227,6 +249,7 @@ class ResidualConnection(nn.Module):
         scheme = get_residual_scheme(config.residual_norm)
         self.norm_before = scheme.norm_position == "pre"
         self.alpha = scheme.alpha(config)
+        self.alpha_plus_ln = not self.norm_before and scheme.post_norm_form(config) == "alpha_plus_ln"
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.branch_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if branch_norm else None
         self.residual_scale = nn.Parameter(torch.ones(config.hidden_size)) if residual_scale else None
@@ -247,15 +270,18 @@ class ResidualConnection(nn.Module):
         if self.branch_norm is not None:
             branch = self.branch_norm(branch)
         residual = hidden_states
-        if self.alpha != 1.0:
+        if self.alpha != 1.0 and not self.alpha_plus_ln:
             residual = residual * self.alpha
         if self.residual_scale is not None:
             residual = residual * self.residual_scale
         hidden_states = residual + self.dropout(branch)
-        if not self.norm_before:
+        if self.alpha_plus_ln:
+            hidden_states = self.alpha * hidden_states + self.norm(hidden_states)
+        elif not self.norm_before:
             hidden_states = self.norm(hidden_states)
         return hidden_states, extra
 
     def extra_repr(self) -> str:
-        return f"norm={'pre' if self.norm_before else 'post'}, alpha={self.alpha:.6g}"
+        form = "pre" if self.norm_before else ("alpha*s+LN(s)" if self.alpha_plus_ln else "post")
+        return f"norm={form}, alpha={self.alpha:.6g}"
 
