@@ -19,6 +19,7 @@ order).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,11 +171,8 @@ def prepare_lm_data(run: PretrainRun) -> None:
     the checkpoint to resume from. Sets ``run.tokenizer``, ``run.train_dataset``, ``run.eval_dataset``,
     ``run.resume_from``.
     """
-    from datasets import DatasetDict, load_from_disk
+    from datasets import load_from_disk
     from transformers import AutoTokenizer
-
-    from .data import load_text_data, tokenize_and_group
-    from .tokenization import check_tokenizer_fits, load_or_train_tokenizer
 
     a, config = run.args, run.config
     prepared = run.output_dir / PREPARED_DIR
@@ -201,28 +199,8 @@ def prepare_lm_data(run: PretrainRun) -> None:
             if run.is_main:
                 print(f"[deepln] reusing the tokenizer and tokenized data cached in {prepared}", flush=True)
         else:
-            raw = load_text_data(
-                a.data, text_column=a.text_column, validation_fraction=a.validation_fraction, seed=a.seed
-            )
-            tokenizer = load_or_train_tokenizer(
-                a.tokenizer,
-                run.family,
-                raw["train"][a.text_column] if not a.tokenizer else None,
-                vocab_size=config.vocab_size,
-                output_dir=None,
-                model_max_length=config.max_position_embeddings,
-            )
-            check_tokenizer_fits(tokenizer, config.vocab_size)
-            lm_data = tokenize_and_group(
-                DatasetDict({"train": raw["train"], "validation": raw["validation"]}),
-                tokenizer,
-                block_size=a.seq_len,
-                text_column=a.text_column,
-                family=run.family,
-            )
+            tokenizer, lm_data = _tokenize_corpus(run)
             if run.is_main:
-                import shutil
-
                 shutil.rmtree(prepared, ignore_errors=True)
                 prepared.mkdir(parents=True, exist_ok=True)
                 tokenizer.save_pretrained(str(tok_dir))
@@ -235,6 +213,34 @@ def prepare_lm_data(run: PretrainRun) -> None:
     if a.max_eval_samples:
         eval_ds = eval_ds.select(range(min(a.max_eval_samples, len(eval_ds))))
     run.tokenizer, run.train_dataset, run.eval_dataset = tokenizer, train_ds, eval_ds
+
+
+def _tokenize_corpus(run: PretrainRun):
+    """Load the text, train (or load) the tokenizer, check it against the vocabulary, pack the text into blocks."""
+    from datasets import DatasetDict
+
+    from .data import load_text_data, tokenize_and_group
+    from .tokenization import check_tokenizer_fits, load_or_train_tokenizer
+
+    a, config = run.args, run.config
+    raw = load_text_data(a.data, text_column=a.text_column, validation_fraction=a.validation_fraction, seed=a.seed)
+    tokenizer = load_or_train_tokenizer(
+        a.tokenizer,
+        run.family,
+        raw["train"][a.text_column] if not a.tokenizer else None,
+        vocab_size=config.vocab_size,
+        output_dir=None,
+        model_max_length=config.max_position_embeddings,
+    )
+    check_tokenizer_fits(tokenizer, config.vocab_size)
+    lm_data = tokenize_and_group(
+        DatasetDict({"train": raw["train"], "validation": raw["validation"]}),
+        tokenizer,
+        block_size=a.seq_len,
+        text_column=a.text_column,
+        family=run.family,
+    )
+    return tokenizer, lm_data
 
 
 def build_lm_model(run: PretrainRun) -> torch.nn.Module:
