@@ -137,6 +137,34 @@ def test_card_metadata_and_numbers(gpt_folder, gpt_dry, bert_folder, bert_dry):
     assert ModelCard.load(bert_dry / "README.md").data.base_model == "org/bert-1k"
 
 
+def test_card_keeps_eval_additions_and_reads_older_cards(gpt_folder, tmp_path):
+    """What ``deepln eval`` adds (model-index entries, a section, lm-eval JSON) survives; a card written before the
+    ``deepln`` metadata block keeps its data description and training list, without duplicated results."""
+    from huggingface_hub import EvalResult, ModelCard
+
+    folder = _minimal_copy(gpt_folder, tmp_path)
+    card = ModelCard.load(folder / "README.md")
+    info = card.data.deepln
+    card.data.deepln = None  # as the cards of earlier deepln versions
+    card.data.eval_results = [*card.data.eval_results, EvalResult(task_type="text-generation", dataset_type="piqa",
+                              dataset_name="piqa", metric_type="acc", metric_value=0.5)]  # fmt: skip
+    card.content = card.content.replace("## Training", "## Zero-shot (Table 4)\n\n| task | acc |\n\n## Training")
+    card.save(folder / "README.md")
+    lm_eval = {"results": {"lambada_openai": {"alias": "lambada", "acc,none": 0.25, "acc_stderr,none": 0.1,
+                                              "perplexity,none": 900.0}}}  # fmt: skip
+    (folder / "deepln_eval_results.json").write_text(json.dumps(lm_eval))
+    main(["publish", str(folder), "--repo-id", GPT_REPO, "--dry-run", str(tmp_path / "out")])
+    new = ModelCard.load(tmp_path / "out" / "README.md")
+    results = {(r.dataset_name, r.metric_type): r.metric_value for r in new.data.eval_results}
+    assert results[("piqa", "acc")] == 0.5
+    assert results[("lambada_openai", "acc")] == 0.25 and results[("lambada_openai", "perplexity")] == 900.0
+    assert ("lambada_openai", "acc_stderr") not in results
+    assert len(new.data.eval_results) == len(results)  # no (data, metric) twice
+    assert new.data.deepln["dataset_name"] == info["dataset_name"]
+    assert new.data.deepln["training"]["objective"] == info["training"]["objective"]
+    assert "## Zero-shot (Table 4)" in new.text and (tmp_path / "out" / "deepln_eval_results.json").is_file()
+
+
 # ----------------------------------------------------------------------------------------------- the upload
 
 

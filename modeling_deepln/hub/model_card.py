@@ -78,7 +78,8 @@ def _lm_eval_results(payload: dict[str, Any], task: str) -> list:
             metric = key.split(",")[0]
             if _finite(value) and not any(word in metric for word in _NOT_QUALITY):
                 out.append(EvalResult(task_type=task, dataset_type=name, dataset_name=name, metric_type=metric,
-                                      metric_value=float(value), source_name="lm-evaluation-harness"))  # fmt: skip
+                                      metric_value=float(value), source_name="lm-evaluation-harness",
+                                      source_url="https://github.com/EleutherAI/lm-evaluation-harness"))  # fmt: skip
     return out
 
 
@@ -253,6 +254,16 @@ def write_model_card(
     return path
 
 
+def _section_items(text: str, title: str) -> dict[str, str]:
+    """``- key: value`` lines of a card's ``## title`` section (cards written before the ``deepln`` metadata)."""
+    for part in text.split("\n## ")[1:]:
+        heading, _, body = part.partition("\n")
+        if heading.strip() == title:
+            pairs = [line[2:].split(": ", 1) for line in body.splitlines() if line.startswith("- ") and ": " in line]
+            return dict(pairs)
+    return {}
+
+
 def _extra_sections(text: str) -> str:
     """``## `` sections of an existing card that this module does not write (kept when re-rendering)."""
     ours = {"Evaluation", "Training", "Usage"}
@@ -273,10 +284,12 @@ def card_for_repo(folder: Path, repo_id: str, config: Any, *, parameters: int | 
     info = data.get("deepln") or {}
     task = data.get("pipeline_tag") or task_of_architecture((config.architectures or ["Model"])[0])
     dataset_id = (data.get("datasets") or [None])[0]
-    dataset_name = info.get("dataset_name") or dataset_id or "unspecified data"
+    earlier = [r.dataset_name for r in (old.data.eval_results or [])] if old else []  # cards written before the
+    dataset_name = info.get("dataset_name") or (earlier or [dataset_id or "unspecified data"])[0]  # deepln block
+    training = info.get("training") or (_section_items(old.content, "Training") if old else {})
     return render_model_card(
         model_id=repo_id, config=config, task=task, dataset_name=dataset_name, dataset_id=dataset_id,
-        eval_results=eval_results_from_folder(folder, task, dataset_id, dataset_name), training=info.get("training"),
+        eval_results=eval_results_from_folder(folder, task, dataset_id, dataset_name), training=training,
         base_model=base_model or data.get("base_model"), license=license or data.get("license") or DEFAULT_LICENSE,
         parameters=parameters, loss_plot=(folder / "loss.png").is_file(),
         extra_sections=_extra_sections(old.content) if old else "",
