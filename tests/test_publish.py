@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--num-layers", "2", "--hidden-size", "32", "--num-heads", "2", "--vocab-size", "400", "--no-progress",
         "--batch-size", "8"]  # fmt: skip
 PROMPT = "Do you wish to run the custom code"
-GPT_REPO, BERT_REPO = "org/gpt-1k", "org/bert-qqp"
+GPT_REPO, BERT_REPO, MLM_REPO = "org/gpt-1k", "org/bert-qqp", "org/bert-mlm"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
@@ -93,6 +93,23 @@ def bert_dry(bert_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dry") / "bert"
     main(["publish", str(bert_folder), "--repo-id", BERT_REPO, "--dry-run", str(out), "--base-model", "org/bert-1k"])
     return out
+
+
+@pytest.fixture(scope="module")
+def mlm_dry(bert_folder, tmp_path_factory) -> Path:
+    """A BERT masked LM from plain ``save_pretrained`` (no run, no card): the card is written from scratch."""
+    from transformers import AutoConfig
+
+    from modeling_deepln import DeepLNBertForMaskedLM
+
+    root = tmp_path_factory.mktemp("mlm")
+    torch.manual_seed(0)
+    DeepLNBertForMaskedLM(AutoConfig.from_pretrained(bert_folder)).save_pretrained(root / "mlm")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(bert_folder / name, root / "mlm" / name)
+    (root / "mlm" / "eval_results.json").write_text(json.dumps({"eval_loss": 6.0, "perplexity": 403.4}))
+    main(["publish", str(root / "mlm"), "--repo-id", MLM_REPO, "--dry-run", str(root / "dry")])
+    return root / "dry"
 
 
 def _files(folder: Path) -> set[str]:
@@ -165,6 +182,27 @@ def test_card_keeps_eval_additions_and_reads_older_cards(gpt_folder, tmp_path):
     assert "## Zero-shot (Table 4)" in new.text and (tmp_path / "out" / "deepln_eval_results.json").is_file()
 
 
+def test_sharded_weights_go_up_with_their_index(gpt_folder, tmp_path, capsys):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    (tmp_path / "s").mkdir()
+    folder = _minimal_copy(gpt_folder, tmp_path / "s")
+    (folder / "model.safetensors").unlink()
+    AutoModelForCausalLM.from_pretrained(gpt_folder).save_pretrained(folder, max_shard_size="50KB")
+    shards = sorted(p.name for p in folder.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and (folder / "model.safetensors.index.json").is_file()
+    main(["publish", str(folder), "--repo-id", GPT_REPO, "--dry-run", str(tmp_path / "out")])
+    files = _files(tmp_path / "out")
+    assert {"model.safetensors.index.json", *shards} <= files and "model.safetensors" not in files
+    stored = sum(t.numel() for t in load_file(str(gpt_folder / "model.safetensors")).values())
+    assert f"{stored:,} parameters" in (tmp_path / "out" / "README.md").read_text()
+    (folder / shards[-1]).unlink()
+    with pytest.raises(SystemExit):
+        main(["publish", str(folder), "--repo-id", GPT_REPO, "--dry-run", str(tmp_path / "out2")])
+    assert "names shards that are not in the folder" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------------------- the upload
 
 
@@ -195,10 +233,10 @@ class _RecordingHfApi:
 
 
 def test_upload_calls_push_the_dry_run_files(gpt_folder, gpt_dry, monkeypatch):
-    import modeling_deepln.hub.publish as publish_module
+    import modeling_deepln.hub.upload as upload_module
 
     _RecordingHfApi.calls = []
-    monkeypatch.setattr(publish_module, "HfApi", _RecordingHfApi)
+    monkeypatch.setattr(upload_module, "HfApi", _RecordingHfApi)
     main(["publish", str(gpt_folder), "--repo-id", GPT_REPO, "--private", "--revision", "v1", "--token", "hf_x"])
     names = [name for name, _ in _RecordingHfApi.calls]
     assert names == ["HfApi", "create_repo", "create_branch", "upload_folder"]
@@ -428,19 +466,20 @@ def _references(gpt_folder: Path, bert_folder: Path) -> dict:
     return ref
 
 
-def test_hub_cache_round_trip_without_deepln(gpt_folder, bert_folder, gpt_dry, bert_dry, tmp_path):
+def test_hub_cache_round_trip_without_deepln(gpt_folder, bert_folder, gpt_dry, bert_dry, mlm_dry, tmp_path):
     """The design's lines and every snippet, by repo id, from a Hub cache, deepln unimportable, no terminal."""
     cache, work = tmp_path / "home" / "hub", tmp_path / "work"
     work.mkdir()
-    for dry, repo in ((gpt_dry, GPT_REPO), (bert_dry, BERT_REPO)):
+    repos = ((gpt_dry, GPT_REPO), (bert_dry, BERT_REPO), (mlm_dry, MLM_REPO))
+    for dry, repo in repos:
         commit = place_in_hub_cache(dry, cache, repo)
         assert re.fullmatch(r"[0-9a-f]{40}", commit)
     snippets = [{"source": f"{repo} README.md", "code": code}
-                for dry, repo in ((gpt_dry, GPT_REPO), (bert_dry, BERT_REPO))
+                for dry, repo in repos
                 for code in python_snippets((dry / "README.md").read_text())]  # fmt: skip
     snippets += [{"source": "deepln README.md", "code": code}
                  for code in python_snippets((REPO / "README.md").read_text()) if '"org/' in code]  # fmt: skip
-    assert len(snippets) >= 3
+    assert len(snippets) >= 5 and "fill-mask" in snippets[2]["code"]
     torch.save(_references(gpt_folder, bert_folder), tmp_path / "ref.pt")
     manifest = {"ref": str(tmp_path / "ref.pt"), "snippets": snippets, "results": str(tmp_path / "results.json"),
                 "trainer_dir": str(tmp_path / "trainer")}  # fmt: skip

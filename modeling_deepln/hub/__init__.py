@@ -3,7 +3,7 @@
 - ``checks.py``: what a folder must hold (safetensors that verify, complete ``auto_map``, self-contained remote
   code, a tokenizer); each refusal says what to fix.
 - ``model_card.py``: the ``huggingface_hub.ModelCard`` (metadata, ``model-index``, shape, usage snippet).
-- ``publish.py``: the allow-listed upload (``create_repo`` + ``upload_folder``) and ``--dry-run``.
+- ``upload.py``: ``publish``, the allow-listed upload (``create_repo`` + ``upload_folder``) and ``--dry-run``.
 - ``cli.py``: the ``publish`` subcommand.
 """
 
@@ -14,9 +14,9 @@ __all__ = ["publish", "plan_upload", "write_model_card", "PublishError"]
 
 def __getattr__(name: str):  # lazy: training imports the card module, which must not import training back
     if name in ("publish", "plan_upload"):
-        from . import publish as module
+        from . import upload
 
-        return getattr(module, name)
+        return getattr(upload, name)
     if name == "write_model_card":
         from .model_card import write_model_card
 

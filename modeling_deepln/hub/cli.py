@@ -1,4 +1,4 @@
-"""The ``deepln publish`` subcommand (see :mod:`modeling_deepln.hub.publish`)."""
+"""The ``deepln publish`` subcommand (see :mod:`modeling_deepln.hub.upload`)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _add_publish_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_publish(ns: argparse.Namespace) -> int:
-    from .publish import publish
+    from .upload import publish
 
     publish(
         ns.folder, ns.repo_id, private=ns.private, revision=ns.revision, dry_run=ns.dry_run,
