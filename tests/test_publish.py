@@ -165,7 +165,10 @@ def test_card_keeps_eval_additions_and_reads_older_cards(gpt_folder, tmp_path):
     card.data.deepln = None  # as the cards of earlier deepln versions
     card.data.eval_results = [*card.data.eval_results, EvalResult(task_type="text-generation", dataset_type="piqa",
                               dataset_name="piqa", metric_type="acc", metric_value=0.5)]  # fmt: skip
-    card.content = card.content.replace("## Training", "## Zero-shot (Table 4)\n\n| task | acc |\n\n## Training")
+    table4 = "## Zero-shot (Table 4)\n\n| task | acc |\n\n![Table 4](zero_shot.png)\n\n## Training"
+    card.content = card.content.replace("## Training", table4)
+    shutil.copy2(folder / "loss.png", folder / "zero_shot.png")  # a plot the card shows: shipped
+    shutil.copy2(folder / "loss.png", folder / "scratch.png")  # one it does not show: left behind
     card.save(folder / "README.md")
     lm_eval = {"results": {"lambada_openai": {"alias": "lambada", "acc,none": 0.25, "acc_stderr,none": 0.1,
                                               "perplexity,none": 900.0}}}  # fmt: skip
@@ -179,7 +182,9 @@ def test_card_keeps_eval_additions_and_reads_older_cards(gpt_folder, tmp_path):
     assert len(new.data.eval_results) == len(results)  # no (data, metric) twice
     assert new.data.deepln["dataset_name"] == info["dataset_name"]
     assert new.data.deepln["training"]["objective"] == info["training"]["objective"]
-    assert "## Zero-shot (Table 4)" in new.text and (tmp_path / "out" / "deepln_eval_results.json").is_file()
+    assert "## Zero-shot (Table 4)" in new.text and "![Table 4](zero_shot.png)" in new.text
+    assert {"deepln_eval_results.json", "zero_shot.png"} <= _files(tmp_path / "out")
+    assert "scratch.png" not in _files(tmp_path / "out")
 
 
 def test_sharded_weights_go_up_with_their_index(gpt_folder, tmp_path, capsys):
@@ -422,9 +427,9 @@ CHILD = textwrap.dedent(
         torch.testing.assert_close(out.logits, ref["bert_logits"], rtol=0, atol=1e-6)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         rows = [dict(tok(a, b), labels=y) for a, b, y in zip(ref["q1"], ref["q2"], ref["labels"])]
-        args = transformers.TrainingArguments(manifest["trainer_dir"], max_steps=1, per_device_train_batch_size=len(rows),
-                                              learning_rate=1e-3, report_to="none", use_cpu=True, logging_steps=1,
-                                              save_strategy="no", disable_tqdm=True)
+        args = transformers.TrainingArguments(
+            manifest["trainer_dir"], max_steps=1, per_device_train_batch_size=len(rows), learning_rate=1e-3,
+            report_to="none", use_cpu=True, logging_steps=1, save_strategy="no", disable_tqdm=True)
         trainer = transformers.Trainer(model=model, args=args, train_dataset=rows,
                                        data_collator=transformers.DataCollatorWithPadding(tok))
         trainer.train()

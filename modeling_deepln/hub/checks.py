@@ -172,7 +172,7 @@ def _check_one_import(where: str, level: int, module: str | None, names: list[st
                                "files imported as 'from .name import X'. Rewrite it that way.")  # fmt: skip
         if not (folder / f"{module}.py").is_file():
             raise PublishError(f"{where}: imports .{module}, but {module}.py is not in the folder; copy it there "
-                               "(save_pretrained copies it when the class is saved from the installed package).")  # fmt: skip
+                               "(save_pretrained copies it when the class is saved from the installed package).")
         return f"{module}.py"
     root = (module or "").split(".")[0]
     if root == "modeling_deepln":

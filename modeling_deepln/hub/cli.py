@@ -13,14 +13,15 @@ def _add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", metavar="FOLDER", help="output folder of deepln pretrain/finetune (or a "
                         "save_pretrained folder with tokenizer and results)")  # fmt: skip
     parser.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="Hub model repository to create/update")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--private", action="store_true",
+                        help="create the repository as private (an existing one keeps its visibility)")
     parser.add_argument("--revision", metavar="BRANCH", help="push to this branch (created if missing)")
     parser.add_argument("--dry-run", metavar="DIR", help="write exactly the files that would be uploaded into DIR "
                         "(an empty or new folder) and upload nothing")  # fmt: skip
     parser.add_argument("--no-metrics", action="store_true", help="publish even if the card has no evaluation results")
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the one saved by `hf auth login`)")
-    parser.add_argument("--license", help="license in the card's metadata (default: the folder card's, else apache-2.0)")
-    parser.add_argument("--base-model", metavar="ORG/NAME", help="base_model in the card's metadata (fine-tuned models)")
+    parser.add_argument("--license", help="card license (default: the folder card's, else apache-2.0)")
+    parser.add_argument("--base-model", metavar="ORG/NAME", help="card base_model (for fine-tuned models)")
     parser.add_argument("--commit-message", help="commit message of the upload")
 
 

@@ -38,8 +38,12 @@ __all__ = [
 
 DEFAULT_LICENSE = "apache-2.0"
 EXTRA_EVAL_RESULTS = "deepln_eval_results.json"
-_AUTO_CLASS = {"text-generation": "AutoModelForCausalLM", "fill-mask": "AutoModelForMaskedLM",
-               "text-classification": "AutoModelForSequenceClassification", "feature-extraction": "AutoModel"}  # fmt: skip
+_AUTO_CLASS = {
+    "text-generation": "AutoModelForCausalLM",
+    "fill-mask": "AutoModelForMaskedLM",
+    "text-classification": "AutoModelForSequenceClassification",
+    "feature-extraction": "AutoModel",
+}
 _NOT_QUALITY = ("runtime", "per_second", "preparation_time", "samples", "epoch", "stderr")
 
 

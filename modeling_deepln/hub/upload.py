@@ -5,7 +5,8 @@ What goes up (and nothing else; the same names and layout as in the folder):
 * weights: ``model.safetensors``, or ``model.safetensors.index.json`` + its shards;
 * ``config.json`` (with the complete ``auto_map``) and the remote-code ``.py`` files it needs;
 * the tokenizer files (``tokenizer_config.json``, ``tokenizer.json``, vocabularies);
-* ``generation_config.json``, ``eval_results.json`` / ``deepln_eval_results.json``, ``loss.png`` when present;
+* ``generation_config.json``, ``eval_results.json`` / ``deepln_eval_results.json``, ``loss.png`` when present, and
+  any other top-level PNG the card shows (``![...](plot.png)``, e.g. a plot ``deepln eval`` adds);
 * ``README.md``: the model card re-rendered for the repo id (:func:`~modeling_deepln.hub.model_card.card_for_repo`).
 
 Never: pickles (``training_args.bin``, ``optimizer.pt``, ``scheduler.pt``, ``rng_state*.pth``,
@@ -125,8 +126,10 @@ def plan_upload(
     if require_metrics and not plan.num_results:
         raise PublishError(f"The model card would have no evaluation results: {folder} has no eval_results.json "
                            "(written by deepln pretrain/finetune) and no model-index in README.md (deepln eval adds "
-                           "one). Evaluate the model first, or pass --no-metrics to publish without results.")  # fmt: skip
+                           "one). Evaluate the model first, or pass --no-metrics to publish without results.")
     plan.written["README.md"] = str(card)
+    shown = set(re.findall(r"!\[[^\]]*\]\(([\w.-]+\.png)\)", str(card)))
+    plan.copied += sorted(name for name in shown - set(plan.copied) if (folder / name).is_file())
     log(f"[deepln] model card ok: {plan.num_results} results in the model-index, usage snippet for {repo_id}")
     return plan
 
