@@ -211,22 +211,35 @@ def test_sharded_weights_go_up_with_their_index(gpt_folder, tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------- the upload
 
 
+def _real_signature_accepts(method: str, *args, **kwargs) -> None:
+    """The recorded call binds to the installed ``huggingface_hub.HfApi`` method (names and kinds of arguments)."""
+    import inspect
+
+    from huggingface_hub import HfApi
+
+    inspect.signature(getattr(HfApi, method)).bind(None, *args, **kwargs)
+
+
 class _RecordingHfApi:
     """Stands in for ``huggingface_hub.HfApi``: records the calls and the staged files' bytes at upload time."""
 
     calls: list = []
 
     def __init__(self, token=None, **kwargs):
+        _real_signature_accepts("__init__", token=token, **kwargs)
         self.calls.append(("HfApi", {"token": token, **kwargs}))
 
     def create_repo(self, repo_id, **kwargs):
+        _real_signature_accepts("create_repo", repo_id, **kwargs)
         self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
         return f"https://huggingface.co/{repo_id}"
 
     def create_branch(self, repo_id, **kwargs):
+        _real_signature_accepts("create_branch", repo_id, **kwargs)
         self.calls.append(("create_branch", {"repo_id": repo_id, **kwargs}))
 
     def upload_folder(self, **kwargs):
+        _real_signature_accepts("upload_folder", **kwargs)
         root = Path(kwargs["folder_path"])
         staged = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
         self.calls.append(("upload_folder", {**kwargs, "staged": staged}))
