@@ -22,7 +22,10 @@ seconds with the ``tokenizers`` library:
 
 The tokenizers are wrapped as ``transformers.PreTrainedTokenizerFast`` and, when an
 ``output_dir`` is given, saved with ``save_pretrained`` so that
-``AutoTokenizer.from_pretrained(output_dir)`` gives back the same tokenizer.
+``AutoTokenizer.from_pretrained(output_dir)`` gives back the same tokenizer. In a model folder or Hub repo
+(``config.json`` with an ``auto_map``) loaded without deepln imported, pass ``trust_remote_code=True`` as well:
+transformers 5.x reads the model config through ``AutoConfig`` before ``tokenizer_config.json`` and otherwise asks
+"[y/N]" (see README, "Publishing"); the ``tokenizer_class`` saved in ``tokenizer_config.json`` does not prevent it.
 
 Measured on the embedded corpus (2.87 M characters, 2 CPU cores): WordPiece or byte-level
 BPE with an 8,000-token vocabulary train in ~1.0 s; at bert-base / GPT-2 sizes (30,522 /
