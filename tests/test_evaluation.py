@@ -159,6 +159,7 @@ def test_multiple_choice_scores_equal_hand_loglikelihood_choices(gpt_run, gpt_fo
             np.testing.assert_allclose([r[0] for r in sample["filtered_resps"]], lls, rtol=1e-4, atol=1e-3)
             acc.append(float(pred == gold))
             acc_norm.append(float(pred_norm == gold))
+            assert sample["acc"] == acc[-1] and sample.get("acc_norm", acc_norm[-1]) == acc_norm[-1], (task, pred)
             preds.append(pred)
             golds.append(gold)
         scores = gpt_run["results"][f"deepln_{task}"]
@@ -311,3 +312,13 @@ def test_bert_validation_file_with_wrong_columns(bert_classifier, tmp_path, caps
     bad.write_text('{"sentence1": "a", "sentence2": "b", "label": 1}\n')
     err = _error(["eval", str(bert_classifier), "--validation-file", str(bad)], capsys)
     assert "no column(s) ['question1', 'question2']" in err and "sentence1" in err
+
+
+def test_gpt_without_lm_head_is_refused(gpt_folder, tmp_path, capsys):
+    from modeling_deepln import DeepLNGPTModel
+
+    DeepLNGPTModel(DeepLNGPTConfig.from_pretrained(gpt_folder)).save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((gpt_folder / name).read_bytes())
+    err = _error(["eval", str(tmp_path), "--offline-tasks"], capsys)
+    assert "without a language-model head" in err and "DeepLNGPTForCausalLM" in err

@@ -39,7 +39,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add("--tasks", type=csv_list, metavar="LIST", help="Comma-separated lm-eval task names (default: the paper's "
         "suite qqp,lambada_openai,winogrande,hellaswag,piqa). BERT classifiers: ignored (QQP, Table 3).")
     add("--offline-tasks", action="store_true", help="Run the suite on deepln's shipped offline task definitions "
-        "(the harness's YAMLs on a few local examples per task; nothing is downloaded).")
+        "(the harness's YAMLs on a few local examples per task; nothing is downloaded). Only these and "
+        "--include-path tasks are then known.")
     add("--include-path", action="append", default=[], metavar="DIR", help="Folder of extra lm-eval task YAMLs "
         "(repeatable).")
     add("--batch-size", type=_batch_size, default=8, metavar="N", help="Batch size, or 'auto' (default 8).")
@@ -49,7 +50,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add("--bootstrap-iters", type=int, default=0, metavar="N", help="lm-eval's bootstrap resamples for standard "
         "errors (0, the default, skips them; lm-eval's own default is 100000).")
     add("--output", default=None, metavar="FILE", help="Results JSON (default: MODEL/eval_zero_shot.json for a "
-        "folder, ./<name>-eval.json for a Hub id).")
+        "folder, ./ORG--NAME-eval_zero_shot.json for a Hub id; BERT: eval_qqp.json).")
     add("--log-samples", action="store_true", help="Also write every document's requests and log-likelihoods "
         "(lm-eval's samples) into the JSON.")
     add("--tokenizer", default=None, metavar="NAME_OR_DIR", help="Tokenizer (default: the model's own).")
@@ -110,7 +111,7 @@ def _eval_gpt(ns: argparse.Namespace, source) -> dict[str, Any]:
     return payload
 
 
-def _eval_bert(ns: argparse.Namespace, source) -> dict[str, Any]:
+def _eval_classifier(ns: argparse.Namespace, source) -> dict[str, Any]:
     from .card import add_eval_results_to_card
     from .classification import evaluate_pair_classifier
     from .tables import format_table3
@@ -144,12 +145,22 @@ def _eval_bert(ns: argparse.Namespace, source) -> dict[str, Any]:
 
 
 def run_eval(ns: argparse.Namespace) -> int:
+    from ..training.args import DeepLNInputError
     from .harness import quiet_progress, resolve_model
 
     if ns.no_progress:
         quiet_progress()
     source = resolve_model(ns.model, ns.tokenizer)
-    (_eval_bert if source.family == "bert" else _eval_gpt)(ns, source)
+    architectures = source.config.architectures or []
+    if source.family == "bert" or any(a.endswith("ForSequenceClassification") for a in architectures):
+        _eval_classifier(ns, source)  # Table 3 (a GPT classifier is scored the same way)
+        return 0
+    if architectures and not any(a.endswith("ForCausalLM") for a in architectures):
+        raise DeepLNInputError(
+            f"{ns.model} holds a {', '.join(architectures)} without a language-model head; the zero-shot suite "
+            "scores a DeepLNGPTForCausalLM (the `deepln pretrain` output)."
+        )
+    _eval_gpt(ns, source)
     return 0
 
 

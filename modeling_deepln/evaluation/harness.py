@@ -86,19 +86,18 @@ def task_names(tasks: Sequence[str] | None, offline: bool) -> list[str]:
     return [OFFLINE_TASKS.get(name, name) for name in names] if offline else names
 
 
-def _task_manager(tasks: Sequence[str], include_paths: Sequence[str]):
-    """A ``TaskManager`` that knows ``tasks``; lm-eval's ~10k built-in tasks are indexed only when needed."""
+def _task_manager(tasks: Sequence[str], include_paths: Sequence[str], local_only: bool = False):
+    """A ``TaskManager`` that knows ``tasks``; lm-eval's ~10k built-in tasks are indexed only when needed and never
+    with ``local_only`` (``--offline-tasks``: the shipped and ``--include-path`` definitions only)."""
     from lm_eval.tasks import TaskManager
 
     for path in include_paths:
         if not Path(path).is_dir():
             raise DeepLNInputError(f"--include-path {path} is not a folder of lm-eval task YAMLs.")
     include = list(include_paths) or None
-    if include:
-        manager = TaskManager(include_path=include, include_defaults=False)
-        if all(_known(name, manager.all_tasks) for name in tasks):
-            return manager
-    manager = TaskManager(include_path=include)
+    manager = TaskManager(include_path=include, include_defaults=False) if include else None
+    if manager is None or not (local_only or all(_known(name, manager.all_tasks) for name in tasks)):
+        manager = TaskManager(include_path=include)
     unknown = [name for name in tasks if not _known(name, manager.all_tasks)]
     if unknown:
         raise DeepLNInputError(_unknown_tasks_message(unknown, manager.all_tasks))
@@ -112,12 +111,13 @@ def _known(name: str, all_tasks: Sequence[str]) -> bool:
 def _unknown_tasks_message(unknown: Sequence[str], all_tasks: Sequence[str]) -> str:
     lines = [f"Unknown lm-eval task name(s): {', '.join(unknown)}."]
     for name in unknown:
-        close = difflib.get_close_matches(name, all_tasks, n=5, cutoff=0.6)
+        close = difflib.get_close_matches(name, sorted({*all_tasks, *OFFLINE_TASKS}), n=5, cutoff=0.6)
         if close:
             lines.append(f"  {name}: did you mean {', '.join(close)}?")
     lines.append(f"The paper's suite: {', '.join(GPT_SUITE_TASKS)} (offline: --offline-tasks, i.e. "
                  f"{', '.join(OFFLINE_TASKS.values())}).")  # fmt: skip
-    lines.append(f"The harness knows {len(all_tasks)} tasks and groups; `lm-eval ls tasks` lists them.")
+    lines.append(f"Known here: {len(all_tasks)} tasks and groups"
+                 + (f" ({', '.join(sorted(all_tasks))})." if len(all_tasks) <= 20 else "; `lm-eval ls tasks` lists them."))
     return "\n".join(lines)
 
 
@@ -137,7 +137,8 @@ def run_lm_eval(
     """``lm_eval.simple_evaluate`` of ``source`` (``HFLM``, ``trust_remote_code=True``) on ``tasks``, zero-shot.
 
     Args:
-        offline: also include deepln's shipped task definitions (``deepln_<task>``, local data).
+        offline: use deepln's shipped task definitions (``deepln_<task>``, local data) and ``include_paths`` only,
+            not the harness's built-in tasks.
         include_paths: more folders of task YAMLs (lm-eval's ``--include_path``).
         limit: at most this many documents per task (a fraction of each task when below 1), as lm-eval's ``--limit``.
         bootstrap_iters: resamples for standard errors (lm-eval's default is 100,000; 0 skips them).
@@ -155,7 +156,7 @@ def run_lm_eval(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="deepln-tasks-") as scratch:
         paths = [*include_paths, str(offline_task_dir(Path(scratch) / "tasks"))] if offline else list(include_paths)
-        manager = _task_manager(tasks, paths)
+        manager = _task_manager(tasks, paths, local_only=offline)
         print(f"[deepln] loading {source.name} for lm-eval on {device} ({dtype})", flush=True)
         lm = HFLM(
             pretrained=source.name,
