@@ -322,3 +322,13 @@ def test_gpt_without_lm_head_is_refused(gpt_folder, tmp_path, capsys):
         (tmp_path / name).write_bytes((gpt_folder / name).read_bytes())
     err = _error(["eval", str(tmp_path), "--offline-tasks"], capsys)
     assert "without a language-model head" in err and "DeepLNGPTForCausalLM" in err
+
+
+def test_task_data_that_cannot_be_downloaded(gpt_folder, tmp_path, capsys):
+    yaml = (TASKS_DIR / "deepln_piqa.yaml").read_text().replace("task: deepln_piqa", "task: hub_piqa")
+    yaml = re.sub(r"dataset_path: json\ndataset_kwargs:\n  data_files:\n    validation: \S+\n",
+                  "dataset_path: deepln-test/no-such-dataset\n", yaml)  # fmt: skip
+    (tmp_path / "hub_piqa.yaml").write_text(yaml)
+    err = _error(["eval", str(gpt_folder), "--offline-tasks", "--include-path", str(tmp_path), "--tasks", "hub_piqa",
+                  "--no-card", "--output", str(tmp_path / "out.json")], capsys)  # fmt: skip
+    assert "could not be downloaded" in err and "--offline-tasks" in err

@@ -167,15 +167,21 @@ def run_lm_eval(
             batch_size=batch_size,
         )
         print(f"[deepln] zero-shot evaluation on {', '.join(tasks)}" + (f" (limit {limit})" if limit else ""), flush=True)
-        return lm_eval.simple_evaluate(
-            model=lm,
-            tasks=list(tasks),
-            num_fewshot=0,
-            task_manager=manager,
-            limit=limit,
-            bootstrap_iters=bootstrap_iters,
-            log_samples=log_samples,
-        )
+        try:
+            return lm_eval.simple_evaluate(
+                model=lm,
+                tasks=list(tasks),
+                num_fewshot=0,
+                task_manager=manager,
+                limit=limit,
+                bootstrap_iters=bootstrap_iters,
+                log_samples=log_samples,
+            )
+        except ConnectionError as exc:
+            raise DeepLNInputError(
+                f"A task's data set could not be downloaded ({exc}). Without the Hub, run --offline-tasks (the "
+                "suite on shipped local examples) or --include-path DIR with task YAMLs that read local files."
+            ) from None
 
 
 def quiet_progress() -> None:
