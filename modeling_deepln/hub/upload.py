@@ -38,7 +38,15 @@ from .checks import PublishError, check_auto_map, check_remote_code, check_token
 
 __all__ = ["UploadPlan", "plan_upload", "write_upload_folder", "publish", "OPTIONAL_FILES", "STALE_PATTERNS"]
 
-OPTIONAL_FILES = ("generation_config.json", "eval_results.json", "deepln_eval_results.json", "loss.png")
+OPTIONAL_FILES = (
+    "generation_config.json",
+    "eval_results.json",
+    "deepln_eval_results.json",
+    "eval_zero_shot.json",  # deepln eval: Table 4 (its model-index entries are already in the card)
+    "eval_qqp.json",  # deepln eval: Table 3
+    "loss.png",
+    "eval_zero_shot.png",
+)
 """Shipped when present, as they are."""
 STALE_PATTERNS = ["*.safetensors", "model.safetensors.index.json", "*.py"]
 """Remote files replaced on every publish (a re-publish must not keep an old shard or code file)."""
