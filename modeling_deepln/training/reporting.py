@@ -21,6 +21,15 @@ _MASK_TEMPLATES = (
 )
 
 
+def _describe(data: str | list[str]) -> str:
+    """The card's data description: a Hub name as given; local files by file name only (no local paths in cards)."""
+    items = [data] if isinstance(data, str) else list(data)
+    local = [Path(item).name for item in items if Path(item).exists()]
+    if not local:
+        return ", ".join(items)
+    return "local files (" + ", ".join(local) + ")"
+
+
 def report_pretraining(run: Any, metrics: dict[str, float], tokens: int) -> None:
     """``loss.png``, README.md (model card) and the perplexity line of a finished ``pretrain`` run."""
     a, config, output_dir = run.args, run.model.config, run.output_dir
@@ -34,7 +43,9 @@ def report_pretraining(run: Any, metrics: dict[str, float], tokens: int) -> None
             "unigram model": math.log(unigram) if unigram else None,
         },
     )
-    dataset_desc = "the embedded English Wikipedia corpus (gensim test data, CC BY-SA)" if a.data is None else str(a.data)
+    dataset_desc = (
+        "the embedded English Wikipedia corpus (gensim test data, CC BY-SA)" if a.data is None else _describe(a.data)
+    )
     write_model_card(
         output_dir,
         model_name=output_dir.name,
@@ -68,11 +79,11 @@ def report_finetuning(run: Any, metrics: dict[str, float]) -> None:
     """README.md (model card) and the metrics line of a finished ``finetune`` run."""
     a = run.args
     if a.train_file:
-        dataset_desc, dataset_id = f"local files ({a.train_file})", None
+        dataset_desc, dataset_id = _describe(a.train_file), None
     elif a.data is None:
         dataset_desc, dataset_id = "GLUE QQP", "nyu-mll/glue"
     else:
-        dataset_desc = str(a.data)
+        dataset_desc = _describe(a.data)
         dataset_id = a.data.split(":")[0] if not Path(a.data).exists() else None
     write_model_card(
         run.output_dir,
