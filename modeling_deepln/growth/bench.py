@@ -1,0 +1,232 @@
+"""``deepln grow-bench``: wall time to a target masked-LM loss, CompoundGrow against the full model from the start.
+
+Both runs train the same BERT (same data, seed, optimizer, learning-rate schedule and number of steps) on the embedded
+English corpus; the growth run follows a schedule (default ``compound``: seed 002 §4 as fractions of the run). Every
+``eval_every`` steps both are evaluated on the same held-out blocks with a *fixed* masking (masked once with seed 0,
+so evaluations differ only by the model), and the training wall time so far (evaluation time excluded) is recorded.
+
+* Target loss: the higher of the two final evaluation losses, i.e. a loss both runs reach.
+* Time to target: the training wall time at which a run's evaluation loss first reaches the target (linear
+  interpolation between evaluations); for the growth run only once it has its full shape (a pooled or shallower
+  model is not the model being trained).
+* Speedup: ``time_full / time_grow - 1``, the paper's definition (seed 002 Table 2: +73.6 % BERT-base, +82.2 %
+  BERT-large wall time, on TPUs at 1M steps).
+
+Prints a table and writes ``grow_bench.json`` and ``grow_bench.png`` (evaluation loss against training wall time).
+The full and growth runs are measured one after the other in the same process: on a shared machine, compare their
+ratio, not the absolute times.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+
+__all__ = ["GrowBenchArgs", "grow_bench", "time_to_target", "PAPER_SPEEDUP"]
+
+PAPER_SPEEDUP = {"BERT-base": 0.736, "BERT-large": 0.822}
+"""CompoundGrow's wall-time speedup over the full model, seed 002 Table 2."""
+
+
+@dataclass
+class GrowBenchArgs:
+    """Arguments of :func:`grow_bench` (defaults: about 8 minutes on one busy CPU core)."""
+
+    steps: int = 160
+    """Optimizer steps of each run."""
+    schedule: str = "compound"
+    """Growth schedule (``deepln pretrain --grow`` syntax)."""
+    num_layers: int = 8
+    """Depth of the full model."""
+    hidden_size: int = 64
+    """Width of the model."""
+    num_heads: int = 2
+    """Attention heads."""
+    intermediate_size: int = 256
+    """FFN size of the full model."""
+    vocab_size: int = 4096
+    """Vocabulary of the tokenizer trained on the corpus."""
+    residual_norm: str | None = None
+    """Residual scheme (default: the bert-deep-small preset's, upscale_ln)."""
+    seq_len: int = 64
+    """Tokens per block."""
+    batch_size: int = 16
+    """Blocks per step."""
+    lr: float = 1e-3
+    """Peak learning rate (linear warmup 5 %, linear decay)."""
+    eval_every: int = 10
+    """Evaluate every this many steps."""
+    eval_samples: int = 64
+    """Held-out blocks per evaluation."""
+    output_dir: str = "runs/grow-bench"
+    """Folder for the cached data, grow_bench.json and grow_bench.png."""
+    seed: int = 42
+    """Seed of both runs."""
+
+
+class WallClockEval(TrainerCallback):
+    """Records ``(training seconds, step, eval_loss, full_shape)`` at every evaluation, evaluation time excluded."""
+
+    def __init__(self, full_depth: int, full_ffn: int):
+        self.full = (full_depth, full_ffn)
+        self.points: list[dict[str, Any]] = []
+        self.eval_seconds = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = self.last_step_end = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.last_step_end = time.perf_counter()
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        from .pooling import pool_size
+
+        shape = (model.config.num_hidden_layers, model.config.intermediate_size)
+        train_seconds = self.last_step_end - self.start - self.eval_seconds
+        self.eval_seconds += time.perf_counter() - self.last_step_end
+        self.last_step_end = time.perf_counter()
+        full = shape == self.full and pool_size(model) == 1
+        self.points.append(dict(seconds=train_seconds, step=state.global_step, loss=metrics["eval_loss"], full=full))
+
+
+def time_to_target(points: list[dict[str, Any]], target: float) -> float | None:
+    """First training time at which the (full-shape) evaluation loss reaches ``target``, interpolated linearly."""
+    previous = None
+    for point in points:
+        if not point["full"]:
+            continue
+        if point["loss"] <= target:
+            if previous is None or previous["loss"] <= target:
+                return point["seconds"]
+            share = (previous["loss"] - target) / (previous["loss"] - point["loss"])
+            return previous["seconds"] + share * (point["seconds"] - previous["seconds"])
+        previous = point
+    return None
+
+
+def _pretrain_args(b: GrowBenchArgs, name: str, grow: str | None):
+    from ..training.args import PretrainArgs
+
+    return PretrainArgs(
+        preset="bert-deep-small", residual_norm=b.residual_norm, num_layers=b.num_layers, hidden_size=b.hidden_size,
+        num_heads=b.num_heads, intermediate_size=b.intermediate_size, vocab_size=b.vocab_size, seq_len=b.seq_len,
+        batch_size=b.batch_size, grad_accum=1, max_steps=b.steps, lr=b.lr, lr_schedule="linear", warmup_ratio=0.05,
+        min_lr=0.0, eval_steps=b.eval_every, save_steps=10 * b.steps, max_eval_samples=b.eval_samples,
+        output_dir=str(Path(b.output_dir) / name), overwrite=True, report_to="none", disable_tqdm=True, seed=b.seed,
+        num_samples=0, max_minutes=None, grow=grow, use_cpu=True,
+    )  # fmt: skip
+
+
+def _fixed_mask_eval(run) -> None:
+    """Mask the evaluation blocks once (seed 0) and let the collator pass pre-masked rows through."""
+    from datasets import Dataset
+    from transformers import default_data_collator
+
+    from .pretrain_growth import probe_batch
+
+    masking = run.trainer.data_collator
+    batch = probe_batch(run.eval_dataset, masking, examples=len(run.eval_dataset))
+    rows = [{k: v[i].tolist() for k, v in batch.items()} for i in range(len(run.eval_dataset))]
+    run.trainer.eval_dataset = Dataset.from_list(rows)
+    run.trainer.data_collator = lambda rows: default_data_collator(rows) if "labels" in rows[0] else masking(rows)
+
+
+def _train(b: GrowBenchArgs, name: str, grow: str | None, data: tuple | None) -> tuple[list[dict], tuple, str]:
+    from ..training import pretraining as steps
+    from .pretrain_growth import attach_growth
+
+    run = steps.plan_pretrain(_pretrain_args(b, name, grow))
+    if data is None:
+        steps.prepare_lm_data(run)
+    else:
+        run.tokenizer, run.train_dataset, run.eval_dataset = data
+    steps.build_lm_model(run)
+    full = (run.config.num_hidden_layers, run.config.intermediate_size)
+    if grow:
+        attach_growth(run)
+    clock = WallClockEval(*full)
+    run.extra_callbacks.append(clock)
+    steps.build_lm_trainer(run)
+    run.trainer.remove_callback(PrinterCallback)  # the table is the output, not one dict per log
+    _fixed_mask_eval(run)
+    print(f"[grow-bench] training {name} ({b.steps} steps)", flush=True)
+    run.trainer.train()
+    shape = f"{run.model.config.num_hidden_layers} layers, FFN {run.model.config.intermediate_size}"
+    return clock.points, (run.tokenizer, run.train_dataset, run.eval_dataset), shape
+
+
+def grow_bench(b: GrowBenchArgs | None = None) -> dict[str, Any]:
+    """Run both trainings, print the table, write ``grow_bench.json`` and ``grow_bench.png``; return the results."""
+    b = b or GrowBenchArgs()
+    torch.set_num_threads(1)
+    full_points, data, full_shape = _train(b, "full", None, None)
+    grow_points, _, grow_shape = _train(b, "grow", b.schedule, data)
+    target = max(full_points[-1]["loss"], grow_points[-1]["loss"])
+    t_full, t_grow = time_to_target(full_points, target), time_to_target(grow_points, target)
+    speedup = t_full / t_grow - 1 if t_full and t_grow else None
+    results = {
+        "args": asdict(b),
+        "target_loss": target,
+        "full": {"points": full_points, "time_to_target": t_full, "shape": full_shape},
+        "grow": {"points": grow_points, "time_to_target": t_grow, "shape": grow_shape},
+        "speedup": speedup,
+        "paper_speedup": PAPER_SPEEDUP,
+    }
+    out = Path(b.output_dir)
+    (out / "grow_bench.json").write_text(json.dumps(results, indent=1))
+    print(format_table(results))
+    print(f"[grow-bench] plot: {plot_curves(results, out / 'grow_bench.png')}; numbers: {out / 'grow_bench.json'}")
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The benchmark's Markdown table."""
+    rows = ["| run | final shape | train wall s | final eval loss | wall s to target | speedup |", "|---|---|---|---|---|---|"]
+    for name, label in (("full", "full model from the start"), ("grow", f"CompoundGrow `{results['args']['schedule']}`")):
+        r = results[name]
+        t = r["time_to_target"]
+        speed = "(peer)" if name == "full" else (f"{results['speedup']:+.1%}" if results["speedup"] is not None else "n/a")
+        rows.append(
+            f"| {label} | {r['shape']} | {r['points'][-1]['seconds']:.1f} | {r['points'][-1]['loss']:.4f} | "
+            f"{'not reached' if t is None else f'{t:.1f}'} | {speed} |"
+        )
+    for name, value in PAPER_SPEEDUP.items():
+        rows.append(f"| paper, Compound-{name.split('-')[1]} (seed 002 Table 2, TPU, 1M steps) | | | | | {value:+.1%} |")
+    verdict = (
+        f"target eval loss {results['target_loss']:.4f} (the higher final loss). "
+        + ("Growth pays at this scale." if (results["speedup"] or 0) > 0 else "Growth does NOT pay at this scale.")
+    )
+    return "\n".join(rows) + "\n" + verdict
+
+
+def plot_curves(results: dict[str, Any], path: Path) -> Path:
+    """Evaluation loss against training wall time for both runs, with the target and the growth events."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=110)
+    for name, color, label in (("full", "tab:blue", "full model"), ("grow", "tab:orange", "CompoundGrow")):
+        points = results[name]["points"]
+        axis.plot([p["seconds"] for p in points], [p["loss"] for p in points], "o-", color=color, markersize=3, label=label)
+        if results[name]["time_to_target"]:
+            axis.axvline(results[name]["time_to_target"], color=color, linestyle=":", linewidth=1)
+    axis.axhline(results["target_loss"], color="gray", linestyle="--", linewidth=1, label="target")
+    axis.set_xlabel("training wall time (s, evaluation excluded)")
+    axis.set_ylabel("held-out MLM loss (fixed masking)")
+    speed = results["speedup"]
+    axis.set_title(f"CompoundGrow vs full model: speedup {'n/a' if speed is None else f'{speed:+.1%}'}", fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
