@@ -271,3 +271,115 @@ def test_time_to_target_interpolates_and_waits_for_the_full_shape():
     assert time_to_target(points, 2.0) == pytest.approx(3.0)
     assert time_to_target(points, 4.0) == 2  # the shallow model's 5.0 -> ... is not the full model
     assert time_to_target(points, 0.5) is None
+
+
+# ------------------------------------------------------------------------------------------------ Trainer
+
+
+def _mlm_rows(count=64, length=16):
+    generator = torch.Generator().manual_seed(0)
+    return [{"input_ids": torch.randint(5, VOCAB, (length,), generator=generator).tolist()} for _ in range(count)]
+
+
+def _mlm_collate(rows):
+    ids = torch.tensor([row["input_ids"] for row in rows])
+    labels = torch.full_like(ids, -100)
+    labels[:, 2::5] = ids[:, 2::5]
+    ids[:, 2::5] = MASK
+    return {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
+
+
+def test_callback_grows_inside_a_real_trainer(tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from modeling_deepln.growth.callback import stage_model
+
+    full = bert("post_ln", layers=4, ffn=32).config
+    stages = parse_schedule(
+        "depth=2,ffn_share=2,pool=2@3; depth=full,ffn_share=2,pool=2@5; depth=full,ffn_share=2@7; depth=full", 4, 32
+    )
+    torch.manual_seed(0)
+    model = stage_model(full, stages[0], DeepLNBertForMaskedLM)
+    probe = _mlm_collate(_mlm_rows(4))
+    callback = CompoundGrowCallback(stages, probe_batch=probe, output_dir=tmp_path, verbose=False)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=9, per_device_train_batch_size=8, learning_rate=1e-3, report_to="none",
+        save_strategy="no", logging_steps=1, use_cpu=True, disable_tqdm=True, warmup_steps=0, lr_scheduler_type="linear",
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(_mlm_rows()), data_collator=_mlm_collate,
+                      callbacks=[callback])  # fmt: skip
+    trainer.train()
+    assert [e["step"] for e in callback.events] == [3, 5, 7]
+    shapes = [(e["new_shape"]["layers"], e["new_shape"]["ffn"], e["new_shape"]["pool"]) for e in callback.events]
+    assert shapes == [(4, 16, 2), (4, 16, 1), (4, 32, 1)]
+    assert trainer.model is model and model.config.num_hidden_layers == 4 and model.config.intermediate_size == 32
+    width_only = callback.events[2]  # FFN un-sharing alone is function-preserving: same probe loss
+    assert width_only["loss_after"] == pytest.approx(width_only["loss_before"], abs=1e-5)
+    optimizer = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
+    params = set(model.parameters())
+    assert {p for g in optimizer.param_groups for p in g["params"]} == params
+    assert all(float(optimizer.state[p]["step"]) == 9 for p in params)  # every copy carried its step count on
+    assert trainer.lr_scheduler.optimizer is trainer.optimizer and trainer.state.global_step == 9
+    rates = [e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e]
+    assert rates == pytest.approx([1e-3 * (9 - step) / 9 for step in range(9)])  # one linear decay through growth
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 9 and all(math.isfinite(x) for x in losses)
+    assert len((tmp_path / "growth_events.jsonl").read_text().splitlines()) == 3
+
+
+def test_callback_refuses_several_processes():
+    callback = CompoundGrowCallback(parse_schedule("stack", 4, 32))
+    state = SimpleNamespace(max_steps=10, global_step=0)
+    with pytest.raises(GrowthError, match="single process"):
+        callback.on_train_begin(SimpleNamespace(world_size=2), state, None, model=bert())
+
+
+# ------------------------------------------------------------------------------------------------ pretrain --grow
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    from modeling_deepln.training.corpus import wiki_articles
+
+    lines = [line for text in wiki_articles()[:2] for line in text.split("\n") if line.strip()]
+    path = tmp_path_factory.mktemp("text") / "wiki.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _losses(folder):
+    history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+    return {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
+
+
+def test_pretrain_grow_resumes_across_growth(tmp_path, text_file, capsys):
+    """GPT: a run resumed from a checkpoint taken after two growth events rebuilds the grown shape and reproduces
+    the uninterrupted losses exactly; the saved model is a plain full-size deepln checkpoint."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from modeling_deepln.cli import main
+
+    out = tmp_path / "run"
+    common = [
+        "pretrain", "--num-layers", "4", "--hidden-size", "32", "--num-heads", "2", "--seq-len", "32",
+        "--vocab-size", "400", "--batch-size", "8", "--report-to", "none", "--no-progress", "--max-eval-samples",
+        "16", "--max-steps", "10", "--eval-steps", "0", "--save-steps", "7", "--logging-steps", "1", "--no-samples",
+        "--data", str(text_file), "--output-dir", str(out), "--grow", "depth=1,ffn_share=2@3; depth=2,ffn_share=2@0.5; depth=full",
+    ]  # fmt: skip
+    main(common)
+    printed = capsys.readouterr().out
+    assert "growth at step 3 -> stage 2: layers 1 -> 2, FFN 64 -> 64" in printed
+    assert "growth at step 5 -> stage 3: layers 2 -> 4, FFN 64 -> 128" in printed
+    uninterrupted = _losses(out)
+    state = json.loads((out / "checkpoint-7" / "growth_state.json").read_text())
+    assert state["stage"] == 2 and [s["end"] for s in state["stages"]] == [3, 5, None]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert (model.config.num_hidden_layers, model.config.intermediate_size) == (4, 128)
+    shutil.rmtree(out / "checkpoint-10")
+    main([*common, "--resume"])
+    assert "starting in stage 3" in capsys.readouterr().out
+    resumed = _losses(out)
+    assert [resumed[s] for s in (8, 9, 10)] == pytest.approx([uninterrupted[s] for s in (8, 9, 10)], abs=1e-6)
