@@ -267,8 +267,9 @@ def test_schedules_parse_to_the_papers_stages():
 
 
 def test_time_to_target_interpolates_and_waits_for_the_full_shape():
-    points = [dict(seconds=1, loss=5.0, full=False), dict(seconds=2, loss=3.0, full=True), dict(seconds=4, loss=1.0, full=True)]
-    assert time_to_target(points, 2.0) == pytest.approx(3.0)
+    points = [dict(seconds=1, cpu=0.5, loss=5.0, full=False), dict(seconds=2, cpu=1, loss=3.0, full=True),
+              dict(seconds=4, cpu=3, loss=1.0, full=True)]  # fmt: skip
+    assert time_to_target(points, 2.0) == pytest.approx(3.0) and time_to_target(points, 2.0, "cpu") == pytest.approx(2.0)
     assert time_to_target(points, 4.0) == 2  # the shallow model's 5.0 -> ... is not the full model
     assert time_to_target(points, 0.5) is None
 
