@@ -83,6 +83,9 @@ def attach_growth(run: Any) -> CompoundGrowCallback:
     )
     run.extra_callbacks.append(callback)
     if run.is_main:
-        plan = " -> ".join(f"[{s.describe(full_config.intermediate_size)} until {s.end or 'the end'}]" for s in stages)
+        def until(end):
+            return "the end" if end is None else f"{end:.0%} of the run" if isinstance(end, float) else f"step {end}"
+
+        plan = " -> ".join(f"[{s.describe(full_config.intermediate_size)} until {until(s.end)}]" for s in stages)
         print(f"[deepln] growth schedule {run.args.grow!r}: {plan}; starting in stage {start + 1}", flush=True)
     return callback
