@@ -334,6 +334,10 @@ def test_callback_refuses_several_processes():
     state = SimpleNamespace(max_steps=10, global_step=0)
     with pytest.raises(GrowthError, match="single process"):
         callback.on_train_begin(SimpleNamespace(world_size=2), state, None, model=bert())
+    from modeling_deepln.growth.pretrain_growth import attach_growth
+
+    with pytest.raises(GrowthError, match="single process only .this launch has 2"):  # before any model is built
+        attach_growth(SimpleNamespace(world=2, model=None, args=SimpleNamespace(grow="stack")))
 
 
 # ------------------------------------------------------------------------------------------------ pretrain --grow

@@ -137,7 +137,7 @@ def _pretrain_args(b: GrowBenchArgs, name: str, grow: str | None):
         batch_size=b.batch_size, grad_accum=1, max_steps=b.steps, lr=b.lr, lr_schedule="linear", warmup_ratio=0.05,
         min_lr=0.0, eval_steps=b.eval_every, save_steps=10 * b.steps, max_eval_samples=b.eval_samples,
         output_dir=str(Path(b.output_dir) / name), overwrite=True, report_to="none", disable_tqdm=True, seed=b.seed,
-        num_samples=0, max_minutes=None, grow=grow, use_cpu=True,
+        num_samples=0, max_minutes=1e9, grow=grow, use_cpu=True,  # no recipe time limit
     )  # fmt: skip
 
 
