@@ -372,7 +372,8 @@ def test_pretrain_grow_resumes_across_growth(tmp_path, text_file, capsys):
         "pretrain", "--num-layers", "4", "--hidden-size", "32", "--num-heads", "2", "--seq-len", "32",
         "--vocab-size", "400", "--batch-size", "8", "--report-to", "none", "--no-progress", "--max-eval-samples",
         "16", "--max-steps", "10", "--eval-steps", "0", "--save-steps", "7", "--logging-steps", "1", "--no-samples",
-        "--data", str(text_file), "--output-dir", str(out), "--grow", "depth=1,ffn_share=2@3; depth=2,ffn_share=2@0.5; depth=full",
+        "--data", str(text_file), "--output-dir", str(out),
+        "--grow", "depth=1,ffn_share=2@3; depth=2,ffn_share=2@0.5; depth=full",
     ]  # fmt: skip
     main(common)
     printed = capsys.readouterr().out

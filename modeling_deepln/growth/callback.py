@@ -30,7 +30,7 @@ from transformers import TrainerCallback
 
 from .operators import GrowthError, stack_layers, unshare_ffn
 from .optim_state import compose_origins, grow_optimizer
-from .pooling import disable_length_pooling, enable_length_pooling, pool_size
+from .pooling import enable_length_pooling, pool_size
 from .schedule import GrowthStage, resolve_ends, stage_index_at
 
 __all__ = ["CompoundGrowCallback", "grow_model", "stage_config", "stage_model", "GROWTH_STATE_FILE", "read_growth_state"]

@@ -14,7 +14,8 @@ Named schedules (seed 002 §4 and Appendix A: 1M steps; stage ends at 200K/400K/
 for stacking, as fractions here):
 
 * ``compound``: ``depth=1/4,ffn_share=2,pool=2@0.2; depth=1/2,ffn_share=2,pool=2@0.4;
-  depth=full,ffn_share=2,pool=2@0.7; depth=full`` (k = 2 is [UNVERIFIED] in ``methods.md`` §7.2; GPT drops ``pool``, which applies to masked LM only);
+  depth=full,ffn_share=2,pool=2@0.7; depth=full`` (k = 2 is [UNVERIFIED] in ``methods.md`` §7.2; GPT drops
+  ``pool``, which applies to masked LM only);
 * ``stack``: ``depth=1/4@0.3; depth=1/2@0.7; depth=full`` (the progressive-stacking baseline).
 
 The last stage must be the full model (``depth=full``, no sharing, no pooling).
