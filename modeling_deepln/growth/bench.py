@@ -263,8 +263,8 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path:
     axis.axhline(results["unigram_loss"], color="gray", linestyle=":", linewidth=1, label="unigram (token frequencies)")
     axis.set_xlabel("training wall time (s, evaluation excluded)")
     axis.set_ylabel("held-out MLM loss (fixed masking)")
-    speed = results["speedup"]
-    axis.set_title(f"CompoundGrow vs full model: speedup {_pct(speed)} wall, {_pct(results['cpu_speedup'])} CPU", fontsize=10)
+    speeds = f"{_pct(results['speedup'])} wall, {_pct(results['cpu_speedup'])} CPU"
+    axis.set_title(f"CompoundGrow vs full model: speedup {speeds}", fontsize=10)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
