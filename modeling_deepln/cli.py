@@ -25,6 +25,7 @@ FEATURE_CLIS = (
     "modeling_deepln.training.cli",
     "modeling_deepln.evaluation.cli",
     "modeling_deepln.hub.cli",
+    "modeling_deepln.growth.cli",
 )
 """Modules whose ``SUBCOMMANDS`` tables make up ``deepln``, in ``--help`` order."""
 

@@ -121,6 +121,9 @@ class PretrainArgs:
     """Train on the CPU even when a GPU is available."""
     disable_tqdm: bool = False
     """Hide the progress bar."""
+    grow: str | None = None
+    """CompoundGrow schedule (``compound``, ``stack`` or stages like ``depth=1/4,ffn_share=2,pool=2@0.2;...;depth=full``):
+    start small and grow depth/FFN width/sequence length during training (see ``modeling_deepln.growth``)."""
 
 
 @dataclass

@@ -111,6 +111,10 @@ def pretrain(args: PretrainArgs | None = None) -> dict[str, Any]:
     run = plan_pretrain(args or PretrainArgs())
     prepare_lm_data(run)
     build_lm_model(run)
+    if run.args.grow:  # CompoundGrow: start in the stage's shape, grow during training (modeling_deepln.growth)
+        from ..growth.pretrain_growth import attach_growth
+
+        attach_growth(run)
     build_lm_trainer(run)
     before = evaluate_before_training(run)
     training = train_lm(run)

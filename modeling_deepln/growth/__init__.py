@@ -1,0 +1,37 @@
+"""CompoundGrow: progressive growth of deepln models while ``transformers.Trainer`` trains.
+
+Gu et al., "On the Transformer Growth for Progressive BERT Training", NAACL 2021 (the project's seed 002;
+``methods.md`` §7). A model starts shallow, with shared FFN blocks and (BERT) mean-pooled first-layer queries, and
+grows at stage boundaries until it is the full model:
+
+* :mod:`.operators`: depth (progressive stacking, with α of DeepNorm/Upscale LN recomputed and compensated) and
+  width (FFN un-sharing, exactly function-preserving), each returning where every new parameter came from;
+* :mod:`.pooling`: the length treatment (embedding pooling of the first layer's queries, masked LM only);
+* :mod:`.optim_state`: carrying Adam's moments and step counts over to the grown parameters;
+* :mod:`.schedule`: stage lists (``compound``, ``stack`` or custom); :mod:`.callback`: the ``TrainerCallback``;
+* :mod:`.pretrain_growth`: ``deepln pretrain --grow``; :mod:`.bench`: ``deepln grow-bench``.
+
+The model files are untouched: a grown model saves as a plain deepln checkpoint.
+"""
+
+from .callback import CompoundGrowCallback, grow_model, stage_model
+from .operators import GrowthError, ParamOrigin, stack_layers, unshare_ffn
+from .optim_state import grow_optimizer
+from .pooling import disable_length_pooling, enable_length_pooling
+from .schedule import NAMED_SCHEDULES, GrowthStage, parse_schedule
+
+__all__ = [
+    "CompoundGrowCallback",
+    "GrowthError",
+    "GrowthStage",
+    "NAMED_SCHEDULES",
+    "ParamOrigin",
+    "disable_length_pooling",
+    "enable_length_pooling",
+    "grow_model",
+    "grow_optimizer",
+    "parse_schedule",
+    "stack_layers",
+    "stage_model",
+    "unshare_ffn",
+]
