@@ -21,7 +21,7 @@ from .commands import EXIT_BAD_INPUT, EXIT_TRAINING_FAILED, Subcommand
 
 __all__ = ["Subcommand", "SUBCOMMANDS", "FEATURE_CLIS", "build_parser", "main", "EXIT_BAD_INPUT", "EXIT_TRAINING_FAILED"]
 
-FEATURE_CLIS = ("modeling_deepln.training.cli",)
+FEATURE_CLIS = ("modeling_deepln.training.cli", "modeling_deepln.bench.cli")
 """Modules whose ``SUBCOMMANDS`` tables make up ``deepln``, in ``--help`` order."""
 
 
