@@ -34,6 +34,7 @@ from .layers_deepln import (
     check_sequence_length,
     pop_loss_kwargs,
     keep_last_positions,
+    linear_cross_entropy,
     run_blocks,
 )
 
@@ -180,6 +181,8 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
         """
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         loss_kwargs = pop_loss_kwargs(kwargs)
+        if labels is not None and use_cache is None:
+            use_cache = False  # a loss computation needs no KV cache (and compiles one block for all layers)
         outputs = self.transformer(
             input_ids,
             attention_mask=attention_mask,
@@ -195,10 +198,15 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
         hidden_states = keep_last_positions(outputs.last_hidden_state, logits_to_keep)
         if self.lm_head_transform is not None:
             hidden_states = self.lm_head_transform(hidden_states)
-        logits = self.lm_head(hidden_states)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)
+        logits = loss = None
+        if labels is not None and self.training and torch.is_grad_enabled() and self.lm_head.bias is None:
+            # Training: the fused LM head + cross-entropy, no [tokens, 50k] logits (Liger's rule: no logits
+            # returned when training with labels).
+            loss = linear_cross_entropy(hidden_states, self.lm_head.weight, labels, **loss_kwargs)
+        else:
+            logits = self.lm_head(hidden_states)
+            if labels is not None:
+                loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)
         output = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
