@@ -118,23 +118,38 @@ def _add_ratios(rows: list[Row], peer_name: str, higher_is_better: bool) -> None
             row.ratio = row.value / peer if higher_is_better else peer / row.value
 
 
+def _build_in_fresh_process(preset: str, contestant_name: str, options_dict: dict[str, Any]) -> tuple[float, int, int]:
+    """Build one contestant (runs in a spawned process, so memory freed by earlier builds cannot hide its peak);
+    return seconds, peak memory growth and the weights' bytes."""
+    torch.set_num_threads(options_dict.pop("threads"))
+    options = BenchOptions(**options_dict, log=lambda _: None)
+    config = _config(preset, options, options.full_layers)
+    contestant = next(c for c in contestants_for(config) if c.name == contestant_name)
+    model, seconds, peak = timed_build(contestant.build, options.torch_device)
+    weights = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+    return seconds, peak, weights
+
+
 def bench_build(options: BenchOptions) -> list[Row]:
-    """Build time and peak memory (also as a multiple of the weights' bytes) of bert-1k and gpt-1k."""
+    """Build time and peak memory (as a multiple of the weights' bytes) of bert-1k and gpt-1k, each build in a
+    fresh process."""
+    import multiprocessing
+
     rows: list[Row] = []
-    for preset in ("bert-1k", "gpt-1k"):
-        config = _config(preset, options, options.full_layers)
-        case = f"{preset} ({config.num_hidden_layers} layers)"
-        for contestant in contestants_for(config, seed_scheme=True)[1:]:  # the preset's scheme, the peers
-            _free()
-            model, seconds, peak = timed_build(contestant.build, options.torch_device)
-            weights = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
-            del model
-            options.log(f"  built {contestant.name} ({case}): {seconds:.2f} s, peak {peak / 2**20:,.0f} MiB")
-            rows.append(Row(case, "build s", contestant.name, seconds, "s"))
-            rows.append(Row(case, "build peak / weights", contestant.name, peak / weights, "x",
-                            extra={"weights_MiB": weights / 2**20}))  # fmt: skip
-    peer = [r.contestant for r in rows if not r.contestant.startswith("deepln")]
-    for name in set(peer):
+    fields = {"device": options.device, "dtype": options.dtype, "full_layers": options.full_layers,
+              "quick": options.quick, "threads": torch.get_num_threads()}  # fmt: skip
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        for preset in ("bert-1k", "gpt-1k"):
+            config = _config(preset, options, options.full_layers)
+            case = f"{preset} ({config.num_hidden_layers} layers)"
+            for contestant in contestants_for(config)[1:]:  # the preset's own scheme, then the peers
+                seconds, peak, weights = pool.apply(_build_in_fresh_process, (preset, contestant.name, dict(fields)))
+                options.log(f"  built {contestant.name} ({case}): {seconds:.2f} s, peak {peak / 2**20:,.0f} MiB "
+                            f"for {weights / 2**20:,.0f} MiB of weights")  # fmt: skip
+                rows.append(Row(case, "build s", contestant.name, seconds, "s"))
+                rows.append(Row(case, "build peak / weights", contestant.name, peak / weights, "x",
+                                extra={"weights_MiB": weights / 2**20}))  # fmt: skip
+    for name in {r.contestant for r in rows if not r.contestant.startswith("deepln")}:
         _add_ratios(rows, name, higher_is_better=False)
     return rows
 
