@@ -193,3 +193,38 @@ def test_gpu_script_runs_on_cpu_with_a_tiny_shape(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "gpu_bench.md").is_file()
     assert "static cache" in result.stdout
+
+
+def test_fused_qkv_equals_separate_projections_and_yields_to_hooks(monkeypatch):
+    from modeling_deepln.model.layers_deepln import DeepLNAttention
+
+    torch.manual_seed(0)
+    model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=2))
+    ids = torch.randint(0, 97, (2, 9))
+    results = []
+    for fused in (False, True):
+        monkeypatch.setattr(DeepLNAttention, "fuse_qkv", fused)
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+        model.zero_grad()
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-6, atol=1e-6)
+    for got, want in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    seen = []  # a hook (e.g. an adapter or a monitor) on q_proj still sees its call
+    model.transformer.layers[0].attention.q_proj.register_forward_hook(lambda *args: seen.append(1))
+    model(ids)
+    assert seen == [1]
+
+
+def test_pretrain_compile_flag_reaches_training_arguments(tmp_path):
+    from modeling_deepln.cli import build_parser
+    from modeling_deepln.training.args import PretrainArgs, resolve_pretrain_args
+    from modeling_deepln.training.trainer_setup import training_arguments
+
+    ns = build_parser().parse_args(["pretrain", "--compile", "--preset", "gpt-deep-small"])
+    assert ns.compile is True
+    resolved, _ = resolve_pretrain_args(PretrainArgs(preset="gpt-deep-small", compile=True))
+    assert training_arguments(resolved, output_dir=str(tmp_path), world=1).torch_compile is True
+    plain, _ = resolve_pretrain_args(PretrainArgs(preset="gpt-deep-small"))
+    assert training_arguments(plain, output_dir=str(tmp_path), world=1).torch_compile is False
