@@ -159,12 +159,12 @@ def test_bench_quick_writes_table_csv_markdown_and_plot(tmp_path):
     from modeling_deepln.bench.run import BenchOptions, run_bench
 
     lines: list[str] = []
-    options = BenchOptions(quick=True, cases=("build", "bert", "gpt"), seed_schemes=False, log=lines.append)
+    options = BenchOptions(quick=True, cases=("bert", "gpt"), seed_schemes=False, log=lines.append)
     rows, facts = run_bench(options)
     paths = write_reports(rows, facts, tmp_path)
     assert {p.name for p in paths} == {"bench.csv", "bench.md", "bench.png"}
     by_key = {(r.metric, r.contestant): r for r in rows}
-    gpt_case = next(r.case for r in rows if r.case.startswith("gpt"))
+    gpt_case = next(r.case for r in rows if r.case.startswith("gpt shape"))
     peer = by_key[("train tok/s", "GPT2LMHeadModel")]
     ours = next(r for r in rows if r.case == gpt_case and r.metric == "train tok/s" and r.contestant == "deepln pre_ln")
     assert ours.ratio == pytest.approx(ours.value / peer.value)
@@ -172,8 +172,6 @@ def test_bench_quick_writes_table_csv_markdown_and_plot(tmp_path):
     generated = [r for r in rows if r.metric.startswith("greedy") and r.contestant.startswith("deepln pre_ln")]
     assert len(generated) == 2 and generated[0].extra["tokens"] == generated[1].extra["tokens"]  # static == dynamic
     assert "GPT2LMHeadModel" in (tmp_path / "bench.md").read_text()
-    memory = [r for r in rows if r.metric == "build peak / weights"]
-    assert len(memory) == 4 and all(0.5 < r.value < 5 for r in memory), [(r.contestant, r.value) for r in memory]
 
 
 def test_bench_rejects_unknown_case():

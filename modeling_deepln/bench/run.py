@@ -25,6 +25,7 @@ from .measure import (
     generation_tokens_per_second,
     inference_seconds,
     matmul_peak_flops,
+    profile_train_step,
     timed_build,
     train_step_seconds,
 )
@@ -51,6 +52,7 @@ class BenchOptions:
     cases: tuple[str, ...] = ("build", "bert", "gpt")
     seed_schemes: bool = True
     compile: bool = False
+    profile: bool = False
     quick: bool = False
     log: Callable[[str], None] = print
 
@@ -216,6 +218,9 @@ def bench_shape(preset: str, layers: int | None, options: BenchOptions, peak: fl
         _free()
         torch.manual_seed(0)
         model = contestant.build().to(options.device)
+        if options.profile and "compiled" not in contestant.name:
+            table = profile_train_step(model, batch, options.torch_device, options.torch_dtype)
+            options.log(f"profile of one training step, {contestant.name} ({case}):\n{table}")
         rows += _throughput_rows(case, contestant, model, config, batch, options, peak)
         if generate and contestant.can_generate:
             rows += _generation_rows(case, contestant, model, config, options)
