@@ -98,6 +98,25 @@ class DeepLNAttention(nn.Module):
         self.head_scale = nn.Parameter(torch.ones(self.num_heads)) if config.uses_head_scale else None
         self.head_scale_before_out_proj = config.normformer_head_scale_position == "before_out_proj"
 
+    fuse_qkv: bool = False
+    """Run ``q_proj``, ``k_proj``, ``v_proj`` as one matmul with their concatenated weights (same parameters and
+    checkpoint names; used only while all three are plain, hook-free ``nn.Linear`` s, so adapters such as LoRA
+    and monitoring hooks see the separate projections). Off by default: on the shared 2-core CPU the gain could
+    not be told from noise (the QKV matmuls alone ran ~30 % faster fused); ``DeepLNAttention.fuse_qkv = True``
+    switches it on for every model."""
+
+    def _project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        plain = all(
+            type(p) is nn.Linear and p.bias is not None and not (p._forward_hooks or p._forward_pre_hooks)
+            for p in projections
+        )
+        if not (self.fuse_qkv and plain):
+            return tuple(p(hidden_states) for p in projections)
+        weight = torch.cat([p.weight for p in projections])
+        bias = torch.cat([p.bias for p in projections])
+        return nn.functional.linear(hidden_states, weight, bias).chunk(3, dim=-1)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -107,9 +126,7 @@ class DeepLNAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, _ = hidden_states.shape
         shape = (batch, length, self.num_heads, self.head_dim)
-        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        query, key, value = (x.view(shape).transpose(1, 2) for x in self._project_qkv(hidden_states))
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
 
@@ -134,13 +151,20 @@ class DeepLNAttention(nn.Module):
         return output, weights
 
 
+def activation(name: str) -> nn.Module:
+    """``ACT2FN[name]``, except GPT-2's ``gelu_new``: the same function ``0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))``
+    as torch's one-kernel ``GELU(approximate="tanh")`` instead of transformers' eight elementwise ops (on the CPU
+    those were ~20 % of a GPT-shape training step; outputs agree to float rounding)."""
+    return nn.GELU(approximate="tanh") if name == "gelu_new" else ACT2FN[name]
+
+
 class DeepLNMLP(nn.Module):
     """Feed-forward network ``fc2(φ(fc1(x)))``; with NormFormer's mid LayerNorm ``fc2(LN(φ(fc1(x))))``."""
 
     def __init__(self, config: _DeepLNConfig):
         super().__init__()
         self.fc1 = _tag(nn.Linear(config.hidden_size, config.intermediate_size), FFN_IN)
-        self.act = ACT2FN[config.hidden_act]
+        self.act = activation(config.hidden_act)
         self.mid_norm = (
             nn.LayerNorm(config.intermediate_size, eps=config.layer_norm_eps) if config.uses_ffn_mid_norm else None
         )
@@ -212,6 +236,38 @@ def build_blocks(config: _DeepLNConfig, is_causal: bool) -> nn.ModuleList:
         return nn.ModuleList(DeepLNBlock(config, i, is_causal) for i in range(config.num_hidden_layers))
 
 
+def _block_loop(
+    layers: nn.ModuleList, hidden_states: torch.Tensor, record: tuple[bool, bool], **kwargs: Any
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor | None, ...]]:
+    all_hidden_states: tuple[torch.Tensor, ...] = ()
+    all_attentions: tuple[torch.Tensor | None, ...] = ()
+    for block in layers:
+        if record[0]:
+            all_hidden_states += (hidden_states,)
+        hidden_states, weights = block(hidden_states, **kwargs)
+        if record[1]:
+            all_attentions += (weights,)
+    return hidden_states, all_hidden_states, all_attentions
+
+
+@torch.compiler.disable(recursive=False)
+def _block_loop_compiled_per_block(
+    layers: nn.ModuleList, hidden_states: torch.Tensor, record: tuple[bool, bool], **kwargs: Any
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor | None, ...]]:
+    """:func:`_block_loop` in a frame ``torch.compile`` does not trace (``recursive=False``): each ``block(...)``
+    call below is compiled on its own, and as every block runs the same code the first compiled graph serves all
+    of them (regional compilation). Compile time then does not grow with depth."""
+    all_hidden_states: tuple[torch.Tensor, ...] = ()
+    all_attentions: tuple[torch.Tensor | None, ...] = ()
+    for block in layers:
+        if record[0]:
+            all_hidden_states += (hidden_states,)
+        hidden_states, weights = block(hidden_states, **kwargs)
+        if record[1]:
+            all_attentions += (weights,)
+    return hidden_states, all_hidden_states, all_attentions
+
+
 def run_blocks(
     layers: nn.ModuleList,
     final_norm: nn.Module | None,
@@ -227,20 +283,25 @@ def run_blocks(
     Returns ``(last_hidden_state, all_hidden_states, all_attentions)``; the tuples are ``None`` unless asked for.
     ``all_hidden_states`` holds the embeddings output and every layer's output (the last one after the final
     norm), as transformers' models do.
+
+    Under ``torch.compile(model)`` (and so ``TrainingArguments(torch_compile=True)``) a run without a KV cache
+    compiles one block and reuses it for all layers (see :func:`_block_loop_compiled_per_block`); with a cache
+    (generation) the whole step is traced, which ``generate``'s static-cache compilation needs.
     """
-    all_hidden_states: tuple[torch.Tensor, ...] | None = () if output_hidden_states else None
-    all_attentions: tuple[torch.Tensor | None, ...] | None = () if output_attentions else None
-    for block in layers:
-        if all_hidden_states is not None:
-            all_hidden_states += (hidden_states,)
-        hidden_states, weights = block(hidden_states, attention_mask=attention_mask, cache=cache, **kwargs)
-        if all_attentions is not None:
-            all_attentions += (weights,)
+    record = (output_hidden_states, output_attentions)
+    loop = _block_loop if cache is not None else _block_loop_compiled_per_block
+    hidden_states, all_hidden_states, all_attentions = loop(
+        layers, hidden_states, record, attention_mask=attention_mask, cache=cache, **kwargs
+    )
     if final_norm is not None:
         hidden_states = final_norm(hidden_states)
-    if all_hidden_states is not None:
+    if output_hidden_states:
         all_hidden_states += (hidden_states,)
-    return hidden_states, all_hidden_states, all_attentions
+    return (
+        hidden_states,
+        all_hidden_states if output_hidden_states else None,
+        all_attentions if output_attentions else None,
+    )
 
 
 def check_input_ids(
@@ -248,12 +309,22 @@ def check_input_ids(
 ) -> None:
     """Raise ``ValueError`` for ids outside ``[0, vocab_size)`` (on CUDA they would be a device-side assert).
 
-    One host synchronisation per call; skipped while ``torch.compile`` traces the model.
+    On the CPU the check costs one reduction and gives a readable error. On an accelerator, or while
+    ``torch.compile`` traces the model, it never waits for the device: ``torch._assert_async`` fails the
+    next synchronising call with the same message instead (no host synchronisation per forward).
     """
-    if input_ids is None or input_ids.numel() == 0 or torch.compiler.is_compiling():
+    if input_ids is None or input_ids.numel() == 0:
         return
     vocab_size = config.vocab_size if vocab_size is None else vocab_size
     outside = (input_ids < 0) | (input_ids >= vocab_size)
+    message = (
+        f"{name} contains token ids outside the model's vocabulary [0, {vocab_size}). The tokenizer does not "
+        "match the model: use the model's tokenizer, or call model.resize_token_embeddings(len(tokenizer)) "
+        "before training."
+    )
+    if input_ids.device.type != "cpu" or torch.compiler.is_compiling():
+        torch._assert_async(~outside.any(), message)
+        return
     if bool(outside.any()):
         bad = int(input_ids[outside][0])
         if name != "input_ids":
@@ -288,6 +359,75 @@ def keep_last_positions(hidden_states: torch.Tensor, logits_to_keep: int | torch
     if isinstance(logits_to_keep, int):
         return hidden_states if logits_to_keep == 0 else hidden_states[:, -logits_to_keep:, :]
     return hidden_states[:, logits_to_keep, :]
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Cross-entropy of ``hidden @ weightᵀ`` without the ``[tokens, vocab]`` logits: chunk by chunk of tokens, the
+    forward pass computes the loss and, at once, the gradients (``∂L/∂z = softmax(z) − onehot(target)`` per valid
+    token, over the divisor), so no chunk's logits outlive it (the Liger-Kernel "fused linear cross-entropy").
+    The matmul work equals the plain path's (forward, ∂hidden, ∂weight); memory traffic stays in cache-sized
+    chunks."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, divisor, ignore_index, chunk_size):  # type: ignore[override]
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk_size):
+            chunk, target = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+            logits = chunk @ weight.t()
+            compute_dtype = logits.dtype
+            logits = logits.float()
+            valid = target != ignore_index
+            safe_target = torch.where(valid, target, 0).unsqueeze(1)
+            log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+            total += ((log_norm - logits.gather(1, safe_target)).squeeze(1) * valid).sum()
+            if grad_hidden is None and grad_weight is None:
+                continue
+            grad = logits.sub_(log_norm).exp_()
+            grad.scatter_add_(1, safe_target, torch.full_like(safe_target, -1, dtype=grad.dtype))
+            grad = (grad * (valid.unsqueeze(1) / divisor)).to(compute_dtype)
+            if grad_hidden is not None:
+                grad_hidden[start : start + chunk_size] = grad @ weight
+            if grad_weight is not None:
+                grad_weight += (grad.t() @ chunk).float()
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if grad_weight is not None else None)
+        return total / divisor
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        grad_hidden, grad_weight = ctx.saved_tensors
+        scale = grad_output.to(torch.float32)
+        return (
+            grad_hidden * scale.to(grad_hidden.dtype) if grad_hidden is not None else None,
+            grad_weight * scale.to(grad_weight.dtype) if grad_weight is not None else None,
+            None, None, None, None,
+        )  # fmt: skip
+
+
+def linear_cross_entropy(
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    ignore_index: int = -100,
+    shift_labels: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """The causal-LM loss of ``hidden_states @ weightᵀ`` against ``labels`` shifted by one (transformers'
+    ``ForCausalLMLoss``: mean over non-ignored targets, or their sum over ``num_items_in_batch``), computed
+    chunk by chunk without materialising the logits (see :class:`_LinearCrossEntropy`). Default chunk: ~8M
+    logits (32 MiB in fp32; 166 tokens for GPT-2's 50,257 classes)."""
+    chunk_size = chunk_size or max(32, 2**23 // weight.shape[0])
+    if shift_labels is None:
+        shift_labels = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    targets = shift_labels.reshape(-1).to(hidden_states.device)
+    if num_items_in_batch is None:
+        divisor = (targets != ignore_index).sum().float()
+    else:
+        divisor = torch.as_tensor(num_items_in_batch, device=hidden_states.device).float()
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
+    return _LinearCrossEntropy.apply(hidden, weight, targets, divisor, ignore_index, chunk_size)
 
 
 class DeepLNPreTrainedModel(PreTrainedModel):

@@ -34,6 +34,7 @@ from .layers_deepln import (
     check_sequence_length,
     pop_loss_kwargs,
     keep_last_positions,
+    linear_cross_entropy,
     run_blocks,
 )
 
@@ -138,9 +139,17 @@ class DeepLNGPTModel(DeepLNGPTPreTrainedModel):
 class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
     """:class:`DeepLNGPTModel` with a linear LM head (tied to the token embeddings when
     ``config.tie_word_embeddings``), after BERT's head transform when ``config.lm_head_transform``.
-    ``labels`` are shifted inside the model, as in GPT-2."""
+    ``labels`` are shifted inside the model, as in GPT-2.
+
+    ``fused_lm_loss`` (an instance attribute, off by default, not saved): when on, a training forward with labels
+    computes the LM head and the cross-entropy together in chunks (:func:`layers_deepln.linear_cross_entropy`) and
+    returns ``logits=None``, as transformers does under Liger's ``use_liger_kernel``. ``deepln pretrain`` turns it
+    on for its own run; code that reads ``outputs.logits`` while training (e.g. TRL's token accuracy) keeps the
+    default.
+    """
 
     _tied_weights_keys = {"lm_head.weight": "transformer.token_embeddings.weight"}
+    fused_lm_loss = False
 
     def __init__(self, config: DeepLNGPTConfig):
         super().__init__(config)
@@ -180,6 +189,8 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
         """
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         loss_kwargs = pop_loss_kwargs(kwargs)
+        if labels is not None and use_cache is None:
+            use_cache = False  # a loss computation needs no KV cache (and compiles one block for all layers)
         outputs = self.transformer(
             input_ids,
             attention_mask=attention_mask,
@@ -195,10 +206,16 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
         hidden_states = keep_last_positions(outputs.last_hidden_state, logits_to_keep)
         if self.lm_head_transform is not None:
             hidden_states = self.lm_head_transform(hidden_states)
-        logits = self.lm_head(hidden_states)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)
+        logits = loss = None
+        fused = self.fused_lm_loss and self.training and torch.is_grad_enabled() and self.lm_head.bias is None
+        if labels is not None and fused:
+            # Training: the fused LM head + cross-entropy, no [tokens, vocab] logits (Liger's rule: no logits
+            # returned when training with labels).
+            loss = linear_cross_entropy(hidden_states, self.lm_head.weight, labels, **loss_kwargs)
+        else:
+            logits = self.lm_head(hidden_states)
+            if labels is not None:
+                loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)
         output = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,

@@ -89,6 +89,9 @@ class PretrainArgs:
     """``fp32``, ``bf16`` or ``fp16`` (mixed precision; fp16 needs a GPU)."""
     gradient_checkpointing: bool | None = None
     """Recompute activations in the backward pass to save memory."""
+    compile: bool = False
+    """``torch.compile`` the model (``TrainingArguments(torch_compile=True)``): deepln compiles one block and
+    reuses it for every layer, so compile time does not grow with depth."""
     mlm_probability: float | None = None
     """Masking rate of the BERT family's masked-LM objective."""
     seed: int = 42
@@ -189,6 +192,8 @@ class FinetuneArgs:
     """``fp32``, ``bf16`` or ``fp16``."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward."""
+    compile: bool = False
+    """``torch.compile`` the model (one block compiled for all layers)."""
     seed: int = 42
     """Seed."""
     output_dir: str | None = None

@@ -37,6 +37,7 @@ def add_optimisation_arguments(parser: argparse.ArgumentParser, docs: dict[str, 
     add_option(parser, docs, "--optim", "optim", choices=["adamw_torch", "adam"])
     add_option(parser, docs, "--precision", "precision", choices=["fp32", "bf16", "fp16"])
     add_option(parser, docs, "--gradient-checkpointing", "gradient_checkpointing", action=argparse.BooleanOptionalAction)
+    add_option(parser, docs, "--compile", "compile", action="store_true")
     add_option(parser, docs, "--seed", "seed", type=int)
     add_option(parser, docs, "--output-dir", "output_dir", metavar="DIR")
     add_option(

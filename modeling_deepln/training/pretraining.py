@@ -264,6 +264,8 @@ def build_lm_model(run: PretrainRun) -> torch.nn.Module:
     set_seed(run.args.seed)
     auto_class = AutoModelForMaskedLM if run.family == "bert" else AutoModelForCausalLM
     run.model = auto_class.from_config(config)
+    if run.family == "gpt":  # chunked LM head + loss in training (no [tokens, vocab] logits); not saved
+        run.model.fused_lm_loss = True
     return run.model
 
 

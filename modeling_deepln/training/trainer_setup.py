@@ -120,6 +120,8 @@ def training_arguments(
         names = {f.name for f in dataclasses.fields(TrainingArguments)}
         key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
         kwargs[key] = True
+    if getattr(a, "compile", False):
+        kwargs["torch_compile"] = True
     kwargs.update(extra or {})
     return TrainingArguments(**kwargs)
 

@@ -1,0 +1,207 @@
+"""What ``deepln bench`` measures: build time and memory, training / inference / generation throughput, the
+machine's matmul peak, and the FLOPs a step does.
+
+FLOPs follow the usual MFU convention (Kaplan et al. 2020; PaLM, Chowdhery et al. 2022, App. B): a forward pass
+costs ``2·N_mm`` per token for the ``N_mm`` weights used in matrix multiplications (layers and LM head; not the
+embedding lookups) plus ``4·L·T·d`` per token for attention scores and values (``T`` the sequence length, counted
+in full even for causal masks); a training step (forward + backward) costs 3x the forward. Achieved FLOP/s are
+divided by the peak of a large square matmul measured in the same process, so the fraction is relative to this
+machine at this moment (a shared machine included).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+__all__ = [
+    "matmul_peak_flops",
+    "forward_flops_per_token",
+    "PeakMemory",
+    "timed_build",
+    "train_step_seconds",
+    "inference_seconds",
+    "generation_tokens_per_second",
+]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 1.0) -> float:
+    """FLOP/s of repeated ``size x size`` matmuls (``2·size³`` FLOPs each), the best of a ~``seconds`` run."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    torch.mm(a, b)
+    synchronize(device)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        synchronize(device)
+        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - start))
+    return best
+
+
+def forward_flops_per_token(config: Any, seq_len: int) -> float:
+    """Forward FLOPs per token of a deepln-shaped model (same for its transformers peer): ``2·N_mm + 4·L·T·d``.
+
+    ``N_mm`` = per layer ``4d²`` (Q, K, V, out) + ``2·d·d_ff`` (FFN), plus the LM head ``d·V`` and the BERT-style
+    head transform ``d²`` when the model has one.
+    """
+    d, ff, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    head = d * vocab + (d * d if config.model_type == "deepln_bert" or getattr(config, "lm_head_transform", 0) else 0)
+    matmul_weights = layers * (4 * d * d + 2 * d * ff) + head
+    return 2.0 * matmul_weights + 4.0 * layers * seq_len * d
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: no sampler
+        return 0
+
+
+class PeakMemory:
+    """Peak memory growth during a ``with`` block: CUDA's allocator peak on a GPU, else the process's resident set
+    sampled every 2 ms by a thread (Linux ``/proc/self/statm``), minus its value at entry. ``peak`` in bytes."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+
+    def __enter__(self) -> "PeakMemory":
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            self._base = _rss_bytes()
+            self._high = self._base
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self._high = max(self._high, _rss_bytes())
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self._base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self._high, _rss_bytes()) - self._base
+
+
+def timed_build(build: Callable[[], nn.Module], device: torch.device) -> tuple[nn.Module, float, int]:
+    """Build a model (construct + init) directly on ``device``; return it, the seconds and the peak memory."""
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        with torch.device(device) if device.type != "cpu" else nullcontext():
+            model = build()
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    return model, seconds, memory.peak
+
+
+@contextmanager
+def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """Mixed precision for low-precision dtypes (fp32 master weights, as Trainer's ``bf16=True`` does)."""
+    if dtype == torch.float32:
+        yield
+    else:
+        with torch.autocast(device.type, dtype=dtype):
+            yield
+
+
+def _median_seconds(step: Callable[[], None], device: torch.device, steps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) if times else 0.0
+
+
+def train_step_seconds(
+    model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype, steps: int
+) -> float:
+    """Median seconds of one training step: forward with labels, backward, AdamW step (fused on CUDA)."""
+    model.train()
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, **fused)
+
+    def step() -> None:
+        with autocast(device, dtype):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return _median_seconds(step, device, steps)
+
+
+def inference_seconds(
+    model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype, steps: int
+) -> float:
+    """Median seconds of one inference forward (eval mode, no grad, no KV cache) over ``batch["input_ids"]``."""
+    model.eval()
+    inputs = {"input_ids": batch["input_ids"]}
+
+    def step() -> None:
+        with torch.inference_mode(), autocast(device, dtype):
+            model(**inputs, **({"use_cache": False} if hasattr(model, "generate") else {}))
+
+    return _median_seconds(step, device, steps)
+
+
+def generation_tokens_per_second(
+    model: nn.Module, prompt: torch.Tensor, new_tokens: int, device: torch.device, dtype: torch.dtype, **generate: Any
+) -> tuple[float, torch.Tensor]:
+    """Greedy ``generate`` with the KV cache at batch ``prompt.shape[0]``: new tokens per second (median of two
+    timed runs after a warm-up) and the generated ids (to compare fast paths)."""
+    model.eval()
+    options = dict(
+        max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True,
+        pad_token_id=model.config.eos_token_id, **generate,
+    )  # fmt: skip
+    output: list[torch.Tensor] = []
+
+    def step() -> None:
+        with torch.inference_mode(), autocast(device, dtype):
+            output[:] = [model.generate(prompt, attention_mask=torch.ones_like(prompt), **options)]
+
+    seconds = _median_seconds(step, device, steps=2)
+    return prompt.shape[0] * new_tokens / seconds, output[0]
+
+
+def profile_train_step(
+    model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype, rows: int = 12
+) -> str:
+    """torch.profiler's table of the top ``rows`` ops (by self time) of one training step after a warm-up."""
+    from torch.profiler import ProfilerActivity, profile
+
+    train_step_seconds(model, batch, device, dtype, steps=0)  # warm-up (one step)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        train_step_seconds(model, batch, device, dtype, steps=0)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=40)

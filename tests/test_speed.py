@@ -1,0 +1,231 @@
+"""Every fast path equals the plain path (fp32, tight tolerances), and the benchmark tools run.
+
+* fused LM head + cross-entropy == ``lm_head`` then transformers' ``ForCausalLMLoss`` (loss and gradients);
+* ``torch.compile(model)`` compiles one block for all layers and gives the eager loss and gradients; the same
+  through ``TrainingArguments(torch_compile=True)``;
+* ``cache_implementation="static"`` generates the dynamic cache's greedy tokens, with and without compile;
+* the token-id check keeps its error on CPU and under compile (async assert);
+* ``deepln bench --quick`` writes its table, and the FLOP formula matches torch's FLOP counter;
+* the GPU script runs on CPU with a tiny shape.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers.loss.loss_utils import ForCausalLMLoss
+
+from modeling_deepln import DeepLNGPTForCausalLM, load_preset
+from modeling_deepln.model.layers_deepln import linear_cross_entropy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_gpt_config(layers: int = 3, **overrides):
+    shape = dict(
+        num_hidden_layers=layers, vocab_size=97, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, bos_token_id=0,
+        eos_token_id=0,
+    )  # fmt: skip
+    return load_preset("gpt-1k", **{**shape, **overrides})
+
+
+@pytest.mark.parametrize("num_items, chunk", [(None, 7), (None, 1000), (37, 5)])
+def test_linear_cross_entropy_equals_lm_head_then_loss(num_items, chunk):
+    torch.manual_seed(0)
+    weight = torch.randn(97, 16, requires_grad=True)
+    hidden = torch.randn(3, 11, 16, requires_grad=True)
+    labels = torch.randint(0, 97, (3, 11))
+    labels[0, :4] = -100
+    plain = ForCausalLMLoss(hidden @ weight.t(), labels, 97, num_items_in_batch=num_items)
+    plain_grads = torch.autograd.grad(plain * 3.0, (hidden, weight))
+    fused = linear_cross_entropy(hidden, weight, labels, num_items_in_batch=num_items, chunk_size=chunk)
+    fused_grads = torch.autograd.grad(fused * 3.0, (hidden, weight))
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
+    for got, want in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_gpt_training_loss_uses_fused_head_and_matches_plain_path():
+    torch.manual_seed(0)
+    model = DeepLNGPTForCausalLM(tiny_gpt_config(lm_head_transform=True))
+    ids = torch.randint(0, 97, (2, 9))
+    model.eval()  # plain path: logits, then ForCausalLMLoss (no dropout anyway)
+    plain = model(ids, labels=ids)
+    plain.loss.backward()
+    plain_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.train()
+    assert model(ids, labels=ids).logits.shape == (2, 9, 97)  # opt-in: training returns logits by default
+    model.zero_grad()
+    model.fused_lm_loss = True
+    fused = model(ids, labels=ids)
+    fused.loss.backward()
+    assert fused.logits is None and plain.logits.shape == (2, 9, 97)
+    torch.testing.assert_close(fused.loss, plain.loss, rtol=1e-6, atol=1e-6)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, plain_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def _compile_counters():
+    import torch._dynamo.utils as dynamo_utils
+
+    torch._dynamo.reset()
+    dynamo_utils.counters.clear()
+    return dynamo_utils.counters
+
+
+def test_torch_compile_reuses_one_block_graph_and_equals_eager():
+    torch.manual_seed(0)
+    model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=3))
+    ids = torch.randint(0, 97, (2, 9))
+    eager = model(ids, labels=ids).loss
+    eager.backward()
+    eager_grad = model.transformer.layers[2].attention.q_proj.weight.grad.clone()
+    model.zero_grad()
+    counters = _compile_counters()
+    compiled_model = torch.compile(model, backend="aot_eager")
+    compiled = compiled_model(ids, labels=ids).loss
+    compiled.backward()
+    # embeddings + mask, one block (shared by all 3 layers), head + loss: the count does not grow with depth
+    assert counters["stats"]["unique_graphs"] == 3
+    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(model.transformer.layers[2].attention.q_proj.weight.grad, eager_grad)
+    bad = ids.clone()
+    bad[0, 0] = 500  # under compile the check is an async assert with the same message
+    with pytest.raises(RuntimeError, match="outside the model's vocabulary"):
+        compiled_model(bad, labels=ids)
+
+
+def test_token_id_check_still_raises_value_error_eagerly_on_cpu():
+    model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=1))
+    with pytest.raises(ValueError, match="token id 200, outside the model's vocabulary"):
+        model(torch.tensor([[1, 200]]))
+
+
+def test_trainer_torch_compile_trains_with_regional_compilation(tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=4))
+    ids = torch.randint(0, 97, (8, 12))
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    args = TrainingArguments(
+        output_dir=str(tmp_path), torch_compile=True, torch_compile_backend="eager", max_steps=2,
+        per_device_train_batch_size=4, report_to="none", use_cpu=True, save_strategy="no", logging_steps=1,
+    )  # fmt: skip
+    counters = _compile_counters()
+    result = Trainer(model=model, args=args, train_dataset=data).train()
+    assert torch.isfinite(torch.tensor(result.training_loss))
+    assert counters["stats"]["unique_graphs"] == 3
+
+
+def test_static_cache_generation_equals_dynamic_with_and_without_compile():
+    torch.manual_seed(0)
+    model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=2)).eval()
+    prompt = torch.randint(1, 97, (1, 5))
+    options = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    dynamic = model.generate(prompt, **options)
+    static = model.generate(prompt, cache_implementation="static", **options)
+    model.forward = torch.compile(model.forward, backend="eager")
+    compiled = model.generate(prompt, cache_implementation="static", **options)
+    assert dynamic.shape == (1, 13)
+    assert torch.equal(static, dynamic) and torch.equal(compiled, dynamic)
+
+
+def test_flop_formula_matches_torch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from modeling_deepln.bench.measure import forward_flops_per_token
+
+    config = tiny_gpt_config(layers=2)
+    model = DeepLNGPTForCausalLM(config).eval()
+    model.config._attn_implementation = "eager"  # matmuls the counter sees (SDPA on CPU counts the same)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randint(0, 97, (2, 10)), use_cache=False)
+    assert counter.get_total_flops() == pytest.approx(forward_flops_per_token(config, 10) * 20, rel=1e-9)
+
+
+def _env():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg",
+            "OMP_NUM_THREADS": "1"}  # fmt: skip
+
+
+def test_bench_quick_writes_table_csv_markdown_and_plot(tmp_path):
+    from modeling_deepln.bench.report import write_reports
+    from modeling_deepln.bench.run import BenchOptions, run_bench
+
+    lines: list[str] = []
+    options = BenchOptions(quick=True, cases=("bert", "gpt"), seed_schemes=False, log=lines.append)
+    rows, facts = run_bench(options)
+    paths = write_reports(rows, facts, tmp_path)
+    assert {p.name for p in paths} == {"bench.csv", "bench.md", "bench.png"}
+    by_key = {(r.metric, r.contestant): r for r in rows}
+    gpt_case = next(r.case for r in rows if r.case.startswith("gpt shape"))
+    peer = by_key[("train tok/s", "GPT2LMHeadModel")]
+    ours = next(r for r in rows if r.case == gpt_case and r.metric == "train tok/s" and r.contestant == "deepln pre_ln")
+    assert ours.ratio == pytest.approx(ours.value / peer.value)
+    assert 0 < ours.of_peak < 1.5
+    generated = [r for r in rows if r.metric.startswith("greedy") and r.contestant.startswith("deepln pre_ln")]
+    assert len(generated) == 2 and generated[0].extra["tokens"] == generated[1].extra["tokens"]  # static == dynamic
+    assert "GPT2LMHeadModel" in (tmp_path / "bench.md").read_text()
+
+
+def test_bench_rejects_unknown_case():
+    from modeling_deepln.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--cases", "nope"])
+    assert exit_info.value.code == 2
+
+
+def test_gpu_script_runs_on_cpu_with_a_tiny_shape(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_bench.py"), "--tiny", "--only", "train,generation",
+         "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=_env(), cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "gpu_bench.md").is_file()
+    assert "static cache" in result.stdout
+
+
+def test_fused_qkv_equals_separate_projections_and_yields_to_hooks(monkeypatch):
+    from modeling_deepln.model.layers_deepln import DeepLNAttention
+
+    torch.manual_seed(0)
+    model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=2))
+    ids = torch.randint(0, 97, (2, 9))
+    results = []
+    for fused in (False, True):
+        monkeypatch.setattr(DeepLNAttention, "fuse_qkv", fused)
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+        model.zero_grad()
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-6, atol=1e-6)
+    for got, want in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    seen = []  # a hook (e.g. an adapter or a monitor) on q_proj still sees its call
+    model.transformer.layers[0].attention.q_proj.register_forward_hook(lambda *args: seen.append(1))
+    model(ids)
+    assert seen == [1]
+
+
+def test_pretrain_compile_flag_reaches_training_arguments(tmp_path):
+    from modeling_deepln.cli import build_parser
+    from modeling_deepln.training.args import PretrainArgs, resolve_pretrain_args
+    from modeling_deepln.training.trainer_setup import training_arguments
+
+    ns = build_parser().parse_args(["pretrain", "--compile", "--preset", "gpt-deep-small"])
+    assert ns.compile is True
+    resolved, _ = resolve_pretrain_args(PretrainArgs(preset="gpt-deep-small", compile=True))
+    assert training_arguments(resolved, output_dir=str(tmp_path), world=1).torch_compile is True
+    plain, _ = resolve_pretrain_args(PretrainArgs(preset="gpt-deep-small"))
+    assert training_arguments(plain, output_dir=str(tmp_path), world=1).torch_compile is False
