@@ -1,0 +1,132 @@
+"""The stability tools: the per-layer monitor against hand-computed norms, the grid's failure modes, DeepNet's bound."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from modeling_deepln import DeepLNGPTConfig, DeepLNGPTForCausalLM
+from modeling_deepln.stability.measures import mean_position_cosine
+from modeling_deepln.stability.monitor import QUANTITIES, LayerMonitor
+
+
+def tiny_gpt(residual_norm: str = "deepnorm", layers: int = 3, **kwargs) -> DeepLNGPTForCausalLM:
+    torch.manual_seed(0)
+    config = DeepLNGPTConfig(vocab_size=40, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                             max_position_embeddings=16, residual_norm=residual_norm, bos_token_id=0,
+                             eos_token_id=0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **kwargs)  # fmt: skip
+    return DeepLNGPTForCausalLM(config).train()
+
+
+def monitored_step(model, monitor, ids, optimizer, step=1):
+    """One training step driven like Trainer drives callbacks; returns what a plain path sees around it."""
+    state = SimpleNamespace(global_step=step - 1, is_world_process_zero=True)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    monitor.on_step_begin(None, state, None)
+    model(ids, labels=ids).loss.backward()
+    monitor.on_pre_optimizer_step(None, state, None)
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+    optimizer.step()
+    monitor.on_optimizer_step(None, state, None)
+    monitor.on_step_end(None, state, None)
+    optimizer.zero_grad()
+    return before, grads
+
+
+def group_norm(tensors: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> float:
+    total = sum(float(t.double().pow(2).sum()) for name, t in tensors.items() if name.startswith(prefixes))
+    return math.sqrt(total)
+
+
+def plain_cosine(hidden: torch.Tensor) -> float:
+    """Mean cosine between distinct positions, by the definition (all ordered pairs, a double loop)."""
+    values = []
+    for sequence in hidden:
+        for s in range(sequence.shape[0]):
+            for t in range(sequence.shape[0]):
+                if s != t:
+                    values.append(float(torch.nn.functional.cosine_similarity(sequence[s], sequence[t], dim=0)))
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize("residual_norm", ["deepnorm", "pre_ln"])
+def test_monitor_matches_hand_computed_norms(residual_norm):
+    model = tiny_gpt(residual_norm)
+    monitor = LayerMonitor(every=1, tensorboard=False, plots=False).attach(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ids = torch.randint(0, 40, (3, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # the forward pass of the plain path, with the weights before the step
+        hidden = model(ids, output_hidden_states=True).hidden_states
+        block = model.transformer.layers[1]
+        x = hidden[1]  # input of layer 1
+        connection = block.attention_residual
+        normed = connection.norm(x) if connection.norm_before else x
+        branch = block.attention(normed, attention_mask=torch.full((7, 7), -1e9).triu(1)[None, None])[0]
+        skip = connection.alpha * x
+        attn_out = skip + branch if connection.norm_before else connection.norm(skip + branch)
+    before, grads = monitored_step(model, monitor, ids, optimizer)
+    after = {name: p.detach() for name, p in model.named_parameters()}
+    record = monitor.records[-1]
+    labels = [sub.label for sub in monitor.sublayers]
+    g = labels.index("layer_001_attn")
+    prefixes = ("transformer.layers.1.attention.", "transformer.layers.1.attention_residual.")
+    values = record["values"]
+    assert set(values) == set(QUANTITIES)
+    assert values["grad_norm"][g] == pytest.approx(group_norm(grads, prefixes), rel=1e-5)
+    delta = {name: after[name] - before[name] for name in before}
+    expected_update = group_norm(delta, prefixes) / group_norm(before, prefixes)
+    assert values["update_size"][g] == pytest.approx(expected_update, rel=1e-4)
+    assert values["stream_norm"][g] == pytest.approx(float(attn_out.norm(dim=-1).mean()), rel=1e-5)
+    assert values["branch_ratio"][g] == pytest.approx(float(branch.norm() / skip.norm()), rel=1e-5)
+    assert values["position_cosine"][g] == pytest.approx(plain_cosine(attn_out), abs=1e-5)
+    if residual_norm == "deepnorm":  # the FFN sublayer's output is the layer's output (no final LN in between)
+        f = labels.index("layer_001_ffn")
+        assert values["position_cosine"][f] == pytest.approx(plain_cosine(hidden[2]), abs=1e-5)
+        assert values["stream_norm"][f] == pytest.approx(float(hidden[2].norm(dim=-1).mean()), rel=1e-5)
+
+
+def test_position_cosine_extremes():
+    same = torch.randn(1, 1, 8).expand(2, 5, 8)
+    assert float(mean_position_cosine(same)) == pytest.approx(1.0, abs=1e-6)
+    orthogonal = torch.eye(6).unsqueeze(0)
+    assert float(mean_position_cosine(orthogonal)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_monitor_only_hooks_monitored_steps_and_names_first_non_finite(capsys):
+    model = tiny_gpt("post_ln")
+    monitor = LayerMonitor(every=3, first_steps=1, tensorboard=False, plots=False).attach(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    ids = torch.randint(0, 40, (2, 6), generator=torch.Generator().manual_seed(2))
+    hooks_seen = []
+    for step in range(1, 5):
+        state = SimpleNamespace(global_step=step - 1, is_world_process_zero=True)
+        monitor.on_step_begin(None, state, None)
+        hooks_seen.append(len(model.transformer.layers[0].mlp_residual._forward_hooks))
+        monitor.on_step_end(None, state, None)
+    assert hooks_seen == [1, 0, 1, 0]  # steps 1 (first_steps) and 3 (every)
+    assert len(model.transformer.layers[0].mlp_residual._forward_hooks) == 0
+    fc2 = model.transformer.layers[1].mlp.fc2
+    with torch.no_grad():
+        fc2.weight.fill_(float("inf"))
+    monitored_step(model, monitor, ids, optimizer, step=6)
+    assert monitor.first_non_finite["layer"] == 1 and monitor.first_non_finite["sublayer"] == "ffn"
+    assert "layer 1, ffn sublayer" in capsys.readouterr().out
+
+
+def test_nan_guard_names_the_sublayer():
+    """The NaN guard (training/callbacks.py) also watches the residual connections: an FFN that outputs inf in
+    layer 1 is named as layer 1's feed-forward sublayer, not just as layer 1."""
+    from modeling_deepln.training.callbacks import NonFiniteError, NonFiniteGuard
+
+    model = tiny_gpt("post_ln")
+    guard = NonFiniteGuard(policy="stop").attach(model)
+    with torch.no_grad():
+        model.transformer.layers[1].mlp.fc2.bias.fill_(float("inf"))
+    ids = torch.randint(0, 40, (2, 6), generator=torch.Generator().manual_seed(3))
+    model(ids, labels=ids).loss.backward()
+    state = SimpleNamespace(global_step=0, is_world_process_zero=True)
+    with pytest.raises(NonFiniteError, match=r"transformer\.layers\.1\.mlp_residual \(feed-forward sublayer\)"):
+        guard.on_pre_optimizer_step(None, state, None)
