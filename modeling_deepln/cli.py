@@ -26,6 +26,7 @@ FEATURE_CLIS = (
     "modeling_deepln.evaluation.cli",
     "modeling_deepln.hub.cli",
     "modeling_deepln.growth.cli",
+    "modeling_deepln.stability.cli",
 )
 """Modules whose ``SUBCOMMANDS`` tables make up ``deepln``, in ``--help`` order."""
 

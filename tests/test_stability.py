@@ -130,3 +130,79 @@ def test_nan_guard_names_the_sublayer():
     state = SimpleNamespace(global_step=0, is_world_process_zero=True)
     with pytest.raises(NonFiniteError, match=r"transformer\.layers\.1\.mlp_residual \(feed-forward sublayer\)"):
         guard.on_pre_optimizer_step(None, state, None)
+
+
+# ------------------------------------------------------------------------------------------------ the grid
+
+
+def synthetic_gpt_data(rule: str, vocab: int = 32, seq_len: int = 16, blocks: int = 256):
+    """Blocks that follow a next-token rule (``t+1 = t + 1 mod V``: learnable) or i.i.d. skewed tokens (nothing to
+    learn beyond the token frequencies: the unigram plateau)."""
+    from modeling_deepln.stability.grid import GridData, unigram_loss
+
+    generator = torch.Generator().manual_seed(0)
+    if rule == "successor":
+        starts = torch.randint(0, vocab, (blocks, 1), generator=generator)
+        ids = (starts + torch.arange(seq_len)) % vocab
+    else:
+        probs = torch.arange(1, vocab + 1, dtype=torch.float).reciprocal()
+        ids = torch.multinomial(probs, blocks * seq_len, replacement=True, generator=generator).view(blocks, seq_len)
+    train, held_out = ids[:-32], ids[-32:]
+    batches = [{"input_ids": held_out[i : i + 16], "labels": held_out[i : i + 16]} for i in (0, 16)]
+    unigram = unigram_loss(train, held_out[:, 1:], vocab)
+    return GridData("gpt", SimpleNamespace(pad_token_id=0, eos_token_id=0), train, batches, unigram)
+
+
+def tiny_settings(**kwargs):
+    from modeling_deepln.stability.grid import GridSettings
+
+    values = dict(families=("gpt",), hidden_size=16, num_heads=2, seq_len=16, batch_size=16, vocab_size=32,
+                  steps=40, monitor_every=5, early_steps=3, margin=0.1)  # fmt: skip
+    return GridSettings(**{**values, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "rule, scheme, depth, lr, expected",
+    [
+        ("successor", "pre_ln", 2, 1e-2, {"learning"}),
+        ("iid", "pre_ln", 2, 1e-2, {"stalled", "collapsed"}),
+        ("successor", "pre_ln", 2, 1e3, {"diverged"}),
+        ("successor", "upscale_ln:alpha_plus_ln", 16, 1e-3, {"diverged"}),  # α = 32^¼ > 1: the stream overflows
+    ],
+)
+def test_grid_cell_separates_failure_modes(tmp_path, rule, scheme, depth, lr, expected):
+    from modeling_deepln.stability.grid import Cell, train_cell
+
+    data = synthetic_gpt_data(rule)
+    settings = tiny_settings()
+    row = train_cell(Cell("gpt", scheme, depth, lr, 0.1), data, settings, tmp_path)
+    assert row["mode"] in expected, row
+    if row["mode"] == "learning":
+        assert row["eval_loss"] < 0.5 * data.unigram_loss and row["mode_step"] is not None
+    if row["mode"] in ("stalled", "collapsed"):
+        assert abs(row["gap"]) < 0.1, row
+    if row["mode"] != "diverged":
+        assert row["update_first"] > 0 and row["update_last"] > 0
+        assert (tmp_path / Cell("gpt", scheme, depth, lr, 0.1).name / "monitor.jsonl").is_file()
+
+
+def test_classify_rules():
+    from modeling_deepln.stability.grid import classify
+
+    losses = [(1, 5.0), (2, 4.0), (3, 3.5), (4, 3.45), (5, 3.44)]
+    assert classify([(1, 5.0), (2, float("nan"))], 3.4, 3.4, 0.5, [], 32) == ("diverged", 2)
+    assert classify([(1, 3.0), (2, 40.0), (3, 50.0)], 45.0, 3.4, 0.5, [], 32) == ("diverged", 2)
+    assert classify(losses, 3.45, 3.44, 0.99, [(2, 0.5), (4, 0.97)], 32) == ("collapsed", 4)
+    assert classify(losses, 3.45, 3.44, 0.50, [(2, 0.5), (4, 0.6)], 32)[0] == "stalled"
+    assert classify(losses + [(6, 1.0)] * 5, 1.2, 3.44, 0.5, [], 32) == ("learning", 8)
+
+
+def test_unigram_loss_matches_the_training_metric():
+    """The grid's unigram loss for GPT equals log of training.metrics.unigram_perplexity on the same blocks."""
+    from modeling_deepln.stability.grid import unigram_loss
+    from modeling_deepln.training.metrics import unigram_perplexity
+
+    generator = torch.Generator().manual_seed(4)
+    train, held_out = torch.randint(0, 50, (20, 9), generator=generator), torch.randint(0, 50, (4, 9), generator=generator)
+    expected = math.log(unigram_perplexity(train.numpy(), held_out.numpy(), 60))
+    assert unigram_loss(train, held_out[:, 1:], 60) == pytest.approx(expected, rel=1e-9)
