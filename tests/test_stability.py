@@ -194,7 +194,8 @@ def test_classify_rules():
     assert classify([(1, 3.0), (2, 40.0), (3, 50.0)], 45.0, 3.4, 0.5, [], 32) == ("diverged", 2)
     assert classify(losses, 3.45, 3.44, 0.99, [(2, 0.5), (4, 0.97)], 32) == ("collapsed", 4)
     assert classify(losses, 3.45, 3.44, 0.50, [(2, 0.5), (4, 0.6)], 32)[0] == "stalled"
-    assert classify(losses + [(6, 1.0)] * 5, 1.2, 3.44, 0.5, [], 32) == ("learning", 8)
+    tail = [(step, 1.0) for step in range(6, 11)]  # the 5-step running mean drops below 3.44 - 0.05 at step 6
+    assert classify(losses + tail, 1.2, 3.44, 0.5, [], 32) == ("learning", 6)
 
 
 def test_unigram_loss_matches_the_training_metric():
@@ -206,3 +207,27 @@ def test_unigram_loss_matches_the_training_metric():
     train, held_out = torch.randint(0, 50, (20, 9), generator=generator), torch.randint(0, 50, (4, 9), generator=generator)
     expected = math.log(unigram_perplexity(train.numpy(), held_out.numpy(), 60))
     assert unigram_loss(train, held_out[:, 1:], 60) == pytest.approx(expected, rel=1e-9)
+
+
+def test_deepnet_bound_trend_on_small_depths():
+    """DeepNet's Theorem 4.2 setting (an SGD step on the sublayer weights): Post-LN's model update grows with depth
+    (about linearly), DeepNorm's stays within a constant band."""
+    from modeling_deepln.stability.bound import SETTINGS, model_update
+
+    depths = (2, 4, 8)
+    kwargs = dict(hidden=16, seq_len=16, batch_size=4, eval_batches=1, seeds=(0,), **SETTINGS["theorem"])
+    post = [model_update("post_ln", n, **kwargs) for n in depths]
+    deep = [model_update("deepnorm", n, **kwargs) for n in depths]
+    assert post[0] < post[1] < post[2] and post[2] > 2.5 * post[0], post
+    assert max(deep) < 1.5 * min(deep), deep
+
+
+def test_stability_cli_bound_only(tmp_path, capsys):
+    from modeling_deepln.cli import main
+
+    main(["stability", "--bound-only", "--bound-depths", "2,3", "--output-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "post_ln / deepnorm" in out and (tmp_path / "bound_theorem.csv").is_file()
+    with pytest.raises(SystemExit) as info:
+        main(["stability", "--schemes", "post_ln,nope", "--output-dir", str(tmp_path)])
+    assert info.value.code == 2 and "Unknown scheme 'nope'" in capsys.readouterr().err

@@ -9,6 +9,12 @@ DeepNorm's ``α = (2N)^(1/4)`` on the skip path and ``β = (8N)^(-1/4)`` on the 
 :func:`model_update` measures it directly: one optimizer step (AdamW by default, the optimizer the grid trains with)
 on one batch, then the mean over positions and held-out batches of ``‖F(x; θ') − F(x; θ)‖`` with ``F`` the last
 hidden state (the input of the LM head). :func:`bound_table` does that for several schemes and depths.
+
+Measured (hidden 32, 2 heads, 8 × 32 random tokens, 2 seeds; depths 2 → 32): with an SGD step (lr 0.1) on the
+sublayer weights, Post-LN's update doubles with each doubling of depth (2.6e-4 → 3.9e-3) while DeepNorm's stays flat
+(1.4e-3 → 1.2e-3), as the theorem says. With the AdamW step training uses (lr 1e-3, every parameter) both grow, Post-LN
+3.1x and DeepNorm 2.0x over the same depths: Adam's update is about lr per weight whatever the weight's scale β, and
+the LayerNorm gains, biases and embeddings, outside the theorem, move too.
 """
 
 from __future__ import annotations
@@ -80,6 +86,14 @@ def model_update(
             after = [model.transformer(ids).last_hidden_state for ids in held_out]
         updates += [float((a - b).norm(dim=-1).mean()) for a, b in zip(after, before)]
     return sum(updates) / len(updates)
+
+
+SETTINGS = {
+    "theorem": {"optimizer": "sgd", "lr": 0.1, "parameters": "sublayer_weights"},
+    "training": {"optimizer": "adamw", "lr": 1e-3, "parameters": "all"},
+}
+"""The two steps :func:`bound_table` is printed for: DeepNet's setting (an SGD step on the sublayer weight matrices,
+the θ of Theorem 4.2) and the grid's training step (AdamW on every parameter)."""
 
 
 def bound_table(

@@ -54,7 +54,6 @@ def add_stability_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bound", action="store_true", help="Also print DeepNet's model-update table.")
     parser.add_argument("--bound-only", action="store_true", help="Only the model-update table (no grid).")
     parser.add_argument("--bound-depths", type=_ints, default=(6, 12, 24, 48, 96))
-    parser.add_argument("--bound-parameters", choices=["all", "sublayer_weights"], default="all")
 
 
 def _settings(values: dict):
@@ -83,14 +82,13 @@ def _settings(values: dict):
 def run_stability(ns: argparse.Namespace) -> int:
     import torch
 
-    from .bound import bound_table
     from .grid import run_grid
     from .report import markdown_table, plot_early_updates, plot_loss_vs_depth, write_table
 
     values = dict(vars(ns))
     output_dir = Path(values.pop("output_dir") or f"runs/stability-{time.strftime('%Y%m%d-%H%M%S')}")
     bound, bound_only = values.pop("bound"), values.pop("bound_only")
-    bound_depths, bound_parameters = values.pop("bound_depths"), values.pop("bound_parameters")
+    bound_depths = values.pop("bound_depths")
     settings = _settings(values)
     if not torch.cuda.is_available():
         torch.set_num_threads(min(torch.get_num_threads(), 2))
@@ -108,15 +106,25 @@ def run_stability(ns: argparse.Namespace) -> int:
         print(f"\n[deepln] stability grid: {len(rows)} runs in {time.monotonic() - start:.0f} s; table {csv_path} "
               f"(+ .md), plots loss_vs_depth.png and early_updates.png in {output_dir}")  # fmt: skip
     if bound or bound_only:
-        bound_start = time.monotonic()
-        rows = bound_table(("post_ln", "deepnorm"), bound_depths, parameters=bound_parameters)
-        for row in rows:
-            row["ratio"] = row["post_ln"] / row["deepnorm"]
-        write_table(rows, ("depth", "post_ln", "deepnorm", "ratio"), output_dir / "bound")
-        print("\nModel update ‖F(x; θ+Δθ) − F(x; θ)‖ after one AdamW step (lr 1e-3), mean per position "
-              f"({bound_parameters} parameters updated):\n" + markdown_table(rows, ("depth", "post_ln", "deepnorm", "ratio")))
-        print(f"[deepln] bound table in {time.monotonic() - bound_start:.0f} s: {output_dir / 'bound.md'}")
+        print_bound_tables(bound_depths, output_dir)
     return 0
+
+
+def print_bound_tables(depths: tuple[int, ...], output_dir: Path) -> None:
+    """DeepNet's model update for Post-LN and DeepNorm at ``depths``, for the theorem's step and the training step."""
+    from .bound import SETTINGS, bound_table
+    from .report import markdown_table, write_table
+
+    start = time.monotonic()
+    columns = ("depth", "post_ln", "deepnorm", "post_ln / deepnorm")
+    for name, step in SETTINGS.items():
+        rows = bound_table(("post_ln", "deepnorm"), depths, **step)
+        for row in rows:
+            row["post_ln / deepnorm"] = row["post_ln"] / row["deepnorm"]
+        write_table(rows, columns, output_dir / f"bound_{name}")
+        print(f"\nModel update ‖F(x; θ+Δθ) − F(x; θ)‖ per position after one {step['optimizer']} step, lr {step['lr']:g}, "
+              f"{step['parameters']} updated ({name}):\n" + markdown_table(rows, columns), flush=True)  # fmt: skip
+    print(f"[deepln] bound tables in {time.monotonic() - start:.0f} s: {output_dir}/bound_*.md", flush=True)
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
