@@ -231,3 +231,26 @@ def test_stability_cli_bound_only(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["stability", "--schemes", "post_ln,nope", "--output-dir", str(tmp_path)])
     assert info.value.code == 2 and "Unknown scheme 'nope'" in capsys.readouterr().err
+
+
+def test_pretrain_flag_attaches_the_monitor(tmp_path):
+    """``deepln pretrain --monitor-every 2``: records at steps 2 and 4 for every sublayer, the heatmap PNG and
+    TensorBoard event files in the output folder."""
+    import json
+
+    from modeling_deepln.cli import main
+    from modeling_deepln.training.corpus import wiki_articles
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(line for article in wiki_articles()[:2] for line in article.split("\n") if line.strip()))
+    out = tmp_path / "run"
+    main(["pretrain", "--data", str(text), "--num-layers", "3", "--hidden-size", "16", "--num-heads", "2",
+          "--seq-len", "16", "--vocab-size", "300", "--batch-size", "4", "--max-steps", "4", "--eval-steps", "0",
+          "--max-eval-samples", "8", "--report-to", "none", "--no-progress", "--no-samples", "--output-dir", str(out),
+          "--monitor-every", "2"])  # fmt: skip
+    records = [json.loads(line) for line in (out / "monitor.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert records[0]["sublayers"] == [f"layer_{i:03d}_{k}" for i in range(3) for k in ("attn", "ffn")]
+    assert all(math.isfinite(v) for r in records for row in r["values"].values() for v in row)
+    assert (out / "monitor_heatmaps.png").stat().st_size > 1000
+    assert list((out / "monitor_tensorboard").glob("events.out.tfevents*"))

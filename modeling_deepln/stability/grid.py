@@ -45,17 +45,17 @@ COLLAPSE_COSINE = 0.95
 class GridSettings:
     """The grid and the shape of every model in it (defaults: sized for a 2-core CPU, see the README)."""
 
-    families: tuple[str, ...] = ("gpt", "bert")
+    families: tuple[str, ...] = ("gpt",)
     schemes: tuple[str, ...] = SCHEMES
     depths: tuple[int, ...] = (6, 24)
-    lrs: tuple[float, ...] = (1e-3,)
+    lrs: tuple[float, ...] = (2e-3,)
     warmups: tuple[float, ...] = (0.1,)
-    steps: int = 100
+    steps: int = 150
     hidden_size: int = 64
     num_heads: int = 2
     seq_len: int = 64
     batch_size: int = 16
-    vocab_size: int = 4096
+    vocab_size: int = 2048
     eval_blocks: int = 64
     monitor_every: int = 10
     early_steps: int = 10
