@@ -47,10 +47,10 @@ class GridSettings:
 
     families: tuple[str, ...] = ("gpt",)
     schemes: tuple[str, ...] = SCHEMES
-    depths: tuple[int, ...] = (6, 24)
+    depths: tuple[int, ...] = (6, 12)
     lrs: tuple[float, ...] = (2e-3,)
     warmups: tuple[float, ...] = (0.1,)
-    steps: int = 150
+    steps: int = 100
     hidden_size: int = 64
     num_heads: int = 2
     seq_len: int = 64
