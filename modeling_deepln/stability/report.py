@@ -113,6 +113,9 @@ def plot_loss_vs_depth(rows: Sequence[dict[str, Any]], path: str | Path) -> Path
         unigram = panel[0]["unigram_loss"]
         axis.axhline(unigram, linestyle="--", color="gray", linewidth=1, label=f"unigram ({unigram:.2f})")
         axis.set_xscale("log")
+        depths = sorted({r["depth"] for r in panel})
+        axis.set_xticks(depths, [str(d) for d in depths])
+        axis.minorticks_off()
         axis.set_xlabel("layers")
         axis.set_ylabel("held-out loss (nats)")
         axis.set_title(f"{family.upper()}  lr {lr:g}  warmup {warmup:g}", fontsize=9)
@@ -131,8 +134,9 @@ def plot_early_updates(runs: Sequence[dict[str, Any]], path: str | Path) -> Path
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(runs), figsize=(3.4 * len(runs), 3.6), dpi=100, squeeze=False, sharey=True)
     for axis, run in zip(axes[0], runs):
-        count = max(1, len(run["steps"]))
-        for i, (step, updates) in enumerate(zip(run["steps"], run["updates"])):
+        moved = [(step, u) for step, u in zip(run["steps"], run["updates"]) if any(v > 0 for v in u)]  # lr 0 at step 1
+        count = max(1, len(moved))
+        for i, (step, updates) in enumerate(moved):
             axis.plot(range(len(updates)), updates, color=plt.cm.viridis(i / count), linewidth=1,
                       label=f"step {step}" if i in (0, count - 1) else None)  # fmt: skip
         axis.set_yscale("log")
