@@ -254,3 +254,22 @@ def test_pretrain_flag_attaches_the_monitor(tmp_path):
     assert all(math.isfinite(v) for r in records for row in r["values"].values() for v in row)
     assert (out / "monitor_heatmaps.png").stat().st_size > 1000
     assert list((out / "monitor_tensorboard").glob("events.out.tfevents*"))
+
+
+def test_finetune_flag_attaches_the_monitor(tmp_path):
+    """``deepln finetune --monitor-every 1`` on a tiny sentence task: a record per step for both layers."""
+    import json
+
+    from modeling_deepln.cli import main
+
+    rows = [f"this film is {'great' if i % 2 else 'awful'} number {i},{i % 2}" for i in range(40)]
+    data = tmp_path / "task"
+    data.mkdir()
+    (data / "train.csv").write_text("sentence,y\n" + "\n".join(rows[:32]))
+    (data / "dev.csv").write_text("sentence,y\n" + "\n".join(rows[32:]))
+    out = tmp_path / "ft"
+    main(["finetune", "--preset", "gpt-deep-small", "--num-layers", "2", "--hidden-size", "16", "--vocab-size", "300",
+          "--data", str(data), "--text-columns", "sentence", "--label-column", "y", "--output-dir", str(out),
+          "--max-seq-len", "16", "--max-steps", "2", "--report-to", "none", "--no-progress", "--monitor-every", "1"])  # fmt: skip
+    records = [json.loads(line) for line in (out / "monitor.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and len(records[0]["sublayers"]) == 4
