@@ -39,8 +39,8 @@ def add_stability_arguments(parser: argparse.ArgumentParser) -> None:
     s = argparse.SUPPRESS
     parser.add_argument("--families", type=lambda v: tuple(csv_list(v)), default=s, help="gpt,bert (default gpt)")
     parser.add_argument("--schemes", type=lambda v: tuple(csv_list(v)), default=s,
-                        help="Comma-separated residual_norm[:post_norm_form] (default: all six + "
-                        "foundation_ln:alpha_plus_ln).")  # fmt: skip
+                        help="Comma-separated residual_norm[:post_norm_form] (default: all six, foundation_ln in "
+                        "both forms: foundation_ln:ln and foundation_ln:alpha_plus_ln).")  # fmt: skip
     parser.add_argument("--depths", type=_ints, default=s, help="Comma-separated layer counts (default 6,12).")
     parser.add_argument("--lrs", type=_floats, default=s, help="Comma-separated peak learning rates (default 2e-3).")
     parser.add_argument("--warmups", type=_floats, default=s, help="Comma-separated warmup ratios (default 0.1).")

@@ -34,8 +34,9 @@ from transformers import TrainerCallback
 
 __all__ = ["GridSettings", "Cell", "GridData", "prepare_grid_data", "unigram_loss", "classify", "train_cell", "run_grid"]
 
-SCHEMES = ("post_ln", "pre_ln", "deepnorm", "upscale_ln", "foundation_ln", "foundation_ln:alpha_plus_ln", "normformer")
-"""The default schemes of the grid (``name[:post_norm_form]``)."""
+SCHEMES = ("post_ln", "pre_ln", "deepnorm", "upscale_ln", "foundation_ln:ln", "foundation_ln:alpha_plus_ln", "normformer")
+"""The default schemes of the grid (``name[:post_norm_form]``). Both FoundationLayerNorm readings name their form, so
+the rows keep their meaning whichever form the scheme defaults to."""
 
 COLLAPSE_COSINE = 0.95
 """Mean cosine between positions of the last layer at or above which a model counts as collapsed."""
