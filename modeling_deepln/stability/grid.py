@@ -13,7 +13,8 @@ Each cell ends in one failure mode (:func:`classify`), with the step it showed:
 * ``learning``: held-out loss at least ``margin`` below the unigram model's (step: first training loss below it);
 * ``collapsed``: on the unigram plateau and the last layer's positions are (nearly) identical, mean cosine ≥ 0.95
   (step: the first monitored step at that cosine);
-* ``stalled``: on the unigram plateau with distinct positions (step: first training loss within ``margin`` of it).
+* ``stalled``: not below the unigram loss, positions distinct: on the plateau or still above it (step: the first
+  training loss within ``margin`` of the unigram loss; none when it never got there).
 
 The unigram loss is the add-one-smoothed unigram model of the training tokens scored on the same held-out targets
 (next tokens for GPT, masked tokens for BERT): what a model that learned only token frequencies reaches.
