@@ -19,7 +19,8 @@ measures from forward hooks that exist only during a monitored step (first micro
 as device tensors; everything is read back once per monitored step. Unmonitored steps cost nothing.
 
 Outputs (in ``output_dir``, default the Trainer's): ``monitor.jsonl`` (one record per monitored step),
-``monitor_heatmaps.png`` (layer × step, one panel per quantity) at the end of training, TensorBoard scalars
+``monitor_heatmaps.png`` (layer × step, one panel per quantity) at the end of training (a model that grows during
+training, e.g. with CompoundGrow, is re-grouped at the next monitored step), TensorBoard scalars
 (``monitor/<quantity>/layer_<i>_<sublayer>``) and histograms (``monitor/<quantity>``, the values over layers) under
 ``<output_dir>/monitor_tensorboard``. The first non-finite value is reported once, naming layer, sublayer and
 quantity (:attr:`LayerMonitor.first_non_finite`). Works with any ``Trainer`` on a deepln model; attaches itself to
@@ -112,6 +113,7 @@ class LayerMonitor(TrainerCallback):
         self._params: list[torch.nn.Parameter] = []
         self._group_index = torch.zeros(0, dtype=torch.long)
         self._handles: list[Any] = []
+        self._signature: tuple[int, ...] = ()
         self._writer = None
         self._reset_step()
 
@@ -120,6 +122,7 @@ class LayerMonitor(TrainerCallback):
     def attach(self, model: torch.nn.Module) -> "LayerMonitor":
         """Find the model's sublayers and group its parameters (call once; Trainer's ``on_train_begin`` does)."""
         self._entries = find_sublayers(model)
+        self._signature = tuple(id(p) for p in model.parameters())
         self.sublayers = [entry[0] for entry in self._entries]
         self._params = [p for entry in self._entries for p in entry[3]]
         self._group_index = torch.tensor(
@@ -181,9 +184,13 @@ class LayerMonitor(TrainerCallback):
 
             self._writer = SummaryWriter(log_dir=str(Path(self.output_dir) / "monitor_tensorboard"))
 
-    def on_step_begin(self, args, state, control, **kwargs):
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
         step = state.global_step + 1
         self._reset_step()
+        if model is not None and self._entries and self.is_monitored(step):
+            signature = tuple(id(p) for p in model.parameters())
+            if signature != self._signature:  # the model changed shape (e.g. CompoundGrow added layers): re-group
+                self.attach(model)
         if self._entries and self.is_monitored(step):
             self._active_step = step
             self._install_hooks()

@@ -38,7 +38,10 @@ def plot_monitor_heatmaps(records: Sequence[dict[str, Any]], sublayers: Sequence
     steps = [record["step"] for record in records]
     figure, axes = plt.subplots(1, len(quantities), figsize=(3.4 * len(quantities), 4.2), dpi=100, squeeze=False)
     for axis, quantity in zip(axes[0], quantities):
-        grid = np.array([record["values"][quantity] for record in records], dtype=float).T  # [sublayer, step]
+        grid = np.full((len(sublayers), len(records)), np.nan)  # [sublayer, step]; a grown model has more rows later
+        for column, record in enumerate(records):
+            values = record["values"][quantity]
+            grid[: len(values), column] = values
         label = quantity
         if quantity in _LOG_SCALE:
             with np.errstate(divide="ignore", invalid="ignore"):
