@@ -27,6 +27,7 @@ FEATURE_CLIS = (
     "modeling_deepln.hub.cli",
     "modeling_deepln.growth.cli",
     "modeling_deepln.bench.cli",
+    "modeling_deepln.stability.cli",
 )
 """Modules whose ``SUBCOMMANDS`` tables make up ``deepln``, in ``--help`` order."""
 

@@ -91,6 +91,9 @@ class TimeLimitCallback(TrainerCallback):
         return control
 
 
+SUBLAYER_NAMES = {"attention_residual": "attention sublayer", "mlp_residual": "feed-forward sublayer"}
+"""The guard also watches each block's two residual connections, so that a blow-up is named down to the sublayer."""
+
 _LAYER_RE = re.compile(r"^(.*?\.layers\.\d+)(\.|$)")
 
 
@@ -110,7 +113,8 @@ def _layer_of(param_name: str) -> str:
 class NonFiniteGuard(TrainerCallback):
     """Stop (``policy="stop"``) or skip the optimizer step (``"skip"``) when the loss or a gradient is NaN/inf.
 
-    :meth:`attach` installs forward hooks on every transformer block and on the embeddings and LayerNorms outside
+    :meth:`attach` installs forward hooks on every transformer block, its attention and feed-forward residual
+    connections (:data:`SUBLAYER_NAMES`), and on the embeddings and LayerNorms outside
     the blocks (not on the heads: the loss covers them). Each hook stores ``isfinite(output).all()`` as a device
     tensor, in forward order. Before each optimizer step the guard stacks those flags, the loss's and the
     per-parameter gradient norms (``torch._foreach_norm``, one fused call) and reads them back once; when something
@@ -135,6 +139,7 @@ class NonFiniteGuard(TrainerCallback):
 
     def attach(self, model: torch.nn.Module) -> "NonFiniteGuard":
         from ..model.layers_deepln import DeepLNBlock
+        from ..model.residual_deepln import ResidualConnection
 
         self.detach()
         blocks = {name for name, module in model.named_modules() if isinstance(module, DeepLNBlock)}
@@ -147,8 +152,10 @@ class NonFiniteGuard(TrainerCallback):
             if not name:
                 continue
             outer = isinstance(module, (torch.nn.Embedding, torch.nn.LayerNorm)) and not inside_block(name)
-            if isinstance(module, DeepLNBlock) or outer:
-                self._handles.append(module.register_forward_hook(self._activation_hook(name, type(module).__name__)))
+            sublayer = SUBLAYER_NAMES.get(name.rsplit(".", 1)[-1]) if isinstance(module, ResidualConnection) else None
+            if isinstance(module, DeepLNBlock) or outer or sublayer:
+                kind = sublayer or type(module).__name__
+                self._handles.append(module.register_forward_hook(self._activation_hook(name, kind)))
         self._handles.append(model.register_forward_hook(self._loss_hook))
         self._params = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
         return self

@@ -122,6 +122,7 @@ def plan_finetune(args: FinetuneArgs) -> FinetuneRun:
         if not 1 <= len(args.text_columns) <= 2:
             raise DeepLNInputError(f"--text-columns needs one or two columns, got {list(args.text_columns)}.")
         check_positive(max_seq_len=args.max_seq_len, lr=args.lr, num_epochs=args.num_epochs, grad_accum=args.grad_accum)
+        check_positive(monitor_every=args.monitor_every)
         check_precision(args.precision, resolve_use_cpu(args.use_cpu))
         process_index, world = process_world(args.use_cpu)
         is_main = process_index == 0
@@ -220,6 +221,15 @@ def build_classifier(run: FinetuneRun):
     return run.model
 
 
+def _monitor_callbacks(a: FinetuneArgs) -> list:
+    """The per-layer monitor (``--monitor-every K``, :mod:`modeling_deepln.stability`), only when asked for."""
+    if not a.monitor_every:
+        return []
+    from ..stability.monitor import monitor_callbacks
+
+    return monitor_callbacks(a)
+
+
 def build_classifier_trainer(run: FinetuneRun):
     """Step 5a: the ``Trainer`` with padding collator, classification metrics and deepln's callbacks."""
     from transformers import DataCollatorWithPadding, Trainer
@@ -240,7 +250,7 @@ def build_classifier_trainer(run: FinetuneRun):
         data_collator=DataCollatorWithPadding(run.tokenizer),
         processing_class=run.tokenizer,
         compute_metrics=classification_metrics,
-        callbacks=run_callbacks(a, str(run.output_dir), run.model),
+        callbacks=run_callbacks(a, str(run.output_dir), run.model) + _monitor_callbacks(a),
     )
     if run.is_main:
         print(

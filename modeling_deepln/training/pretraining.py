@@ -109,6 +109,10 @@ def pretrain(args: PretrainArgs | None = None) -> dict[str, Any]:
     """
     wall_start = time.monotonic()
     run = plan_pretrain(args or PretrainArgs())
+    if run.args.monitor_every:  # the per-layer monitor (deepln.stability), only when asked for
+        from ..stability.monitor import monitor_callbacks
+
+        run.extra_callbacks.extend(monitor_callbacks(run.args))
     prepare_lm_data(run)
     build_lm_model(run)
     if run.args.grow:  # CompoundGrow: start in the stage's shape, grow during training (modeling_deepln.growth)
@@ -155,6 +159,7 @@ def plan_pretrain(args: PretrainArgs) -> PretrainRun:
         if objective and objective != ("mlm" if family == "bert" else "clm"):
             raise DeepLNInputError(f"Recipe of {a.preset!r} says objective {objective!r} but the model is {family}.")
         check_positive(seq_len=a.seq_len, grad_accum=a.grad_accum, lr=a.lr, max_minutes=a.max_minutes)
+        check_positive(monitor_every=a.monitor_every)
         check_precision(a.precision, resolve_use_cpu(a.use_cpu))
         if a.seq_len > config.max_position_embeddings:
             config.max_position_embeddings = a.seq_len

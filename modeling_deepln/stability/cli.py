@@ -1,0 +1,138 @@
+"""The ``stability`` subcommand of ``deepln``: the schemes × depth grid (:mod:`.grid`) and DeepNet's bound (:mod:`.bound`).
+
+    deepln stability                                   # default grid (2-core CPU sized), tables + plots
+    deepln stability --bound                           # also DeepNet's model-update table
+    deepln stability --bound-only                      # only the bound table
+    deepln stability --wide                            # the GPU grid: depths up to 1,000, 2 lrs, with/without warmup
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+
+from ..commands import Subcommand, csv_list
+
+__all__ = ["SUBCOMMANDS", "TABLE_COLUMNS"]
+
+TABLE_COLUMNS = ("family", "scheme", "depth", "lr", "warmup", "steps", "eval_loss", "unigram_loss", "gap", "cosine",
+                 "mode", "mode_step", "update_first", "update_last", "seconds", "cpu_seconds")  # fmt: skip
+"""Columns of ``stability.csv`` / ``stability.md``."""
+
+WIDE = {"depths": (6, 24, 48, 100, 200, 1000), "lrs": (5e-4, 2e-3), "warmups": (0.0, 0.1), "steps": 300,
+        "seq_len": 128, "precision": "bf16"}  # fmt: skip
+"""``--wide``: the GPU grid (flags given next to it still win)."""
+
+
+def _ints(value: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in csv_list(value))
+
+
+def _floats(value: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in csv_list(value))
+
+
+def add_stability_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``deepln stability`` (unset: :class:`~.grid.GridSettings`' defaults)."""
+    s = argparse.SUPPRESS
+    parser.add_argument("--families", type=lambda v: tuple(csv_list(v)), default=s, help="gpt,bert (default gpt)")
+    parser.add_argument("--schemes", type=lambda v: tuple(csv_list(v)), default=s,
+                        help="Comma-separated residual_norm[:post_norm_form] (default: all six, foundation_ln in "
+                        "both forms: foundation_ln:ln and foundation_ln:alpha_plus_ln).")  # fmt: skip
+    parser.add_argument("--depths", type=_ints, default=s, help="Comma-separated layer counts (default 6,12).")
+    parser.add_argument("--lrs", type=_floats, default=s, help="Comma-separated peak learning rates (default 2e-3).")
+    parser.add_argument("--warmups", type=_floats, default=s, help="Comma-separated warmup ratios (default 0.1).")
+    for flag, kind in (("steps", int), ("hidden-size", int), ("num-heads", int), ("seq-len", int),
+                       ("batch-size", int), ("vocab-size", int), ("eval-blocks", int), ("monitor-every", int),
+                       ("early-steps", int), ("margin", float), ("seed", int), ("max-minutes", float)):  # fmt: skip
+        parser.add_argument(f"--{flag}", dest=flag.replace("-", "_"), type=kind, default=s)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default=s, help="bf16 applies on a GPU only.")
+    parser.add_argument("--wide", action="store_true", help="The GPU grid: " + str(WIDE).replace("%", "%%"))
+    parser.add_argument("--output-dir", default=None, help="Default runs/stability-<timestamp>.")
+    parser.add_argument("--bound", action="store_true", help="Also print DeepNet's model-update table.")
+    parser.add_argument("--bound-only", action="store_true", help="Only the model-update table (no grid).")
+    parser.add_argument("--bound-depths", type=_ints, default=(6, 12, 24, 48, 96))
+
+
+def _settings(values: dict):
+    from ..training import DeepLNInputError
+    from .grid import GridSettings, split_scheme
+
+    names = {f.name for f in fields(GridSettings)}
+    wide = {k: v for k, v in WIDE.items()} if values.pop("wide", False) else {}
+    settings = replace(GridSettings(), **{**wide, **{k: v for k, v in values.items() if k in names}})
+    try:
+        for scheme in settings.schemes:
+            split_scheme(scheme)
+    except ValueError as exc:
+        raise DeepLNInputError(str(exc)) from None
+    unknown = set(settings.families) - {"gpt", "bert"}
+    if unknown or not settings.families:
+        raise DeepLNInputError(f"--families takes gpt and/or bert, got {','.join(settings.families)}.")
+    for name in ("steps", "hidden_size", "num_heads", "seq_len", "batch_size", "vocab_size", "monitor_every"):
+        if getattr(settings, name) <= 0:
+            raise DeepLNInputError(f"--{name.replace('_', '-')} must be positive, got {getattr(settings, name)}.")
+    if settings.hidden_size % settings.num_heads:
+        raise DeepLNInputError(f"--hidden-size {settings.hidden_size} is not a multiple of --num-heads.")
+    return settings
+
+
+def run_stability(ns: argparse.Namespace) -> int:
+    import torch
+
+    from .grid import run_grid
+    from .report import markdown_table, plot_early_updates, plot_loss_vs_depth, write_table
+
+    values = dict(vars(ns))
+    output_dir = Path(values.pop("output_dir") or f"runs/stability-{time.strftime('%Y%m%d-%H%M%S')}")
+    bound, bound_only = values.pop("bound"), values.pop("bound_only")
+    bound_depths = values.pop("bound_depths")
+    settings = _settings(values)
+    if not torch.cuda.is_available():
+        torch.set_num_threads(min(torch.get_num_threads(), 2))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    if not bound_only:
+        rows = run_grid(settings, output_dir)
+        csv_path, _ = write_table(rows, TABLE_COLUMNS, output_dir / "stability")
+        plot_loss_vs_depth(rows, output_dir / "loss_vs_depth.png")
+        deepest = max(settings.depths)
+        early = [{"label": f"{r['family']} {r['scheme']} L{r['depth']}", **r["_early"]} for r in rows
+                 if r["depth"] == deepest and r["lr"] == settings.lrs[0] and r["warmup"] == settings.warmups[0]]
+        plot_early_updates(early, output_dir / "early_updates.png")
+        print("\n" + markdown_table(rows, TABLE_COLUMNS[:-2] + ("seconds",)))
+        print(f"\n[deepln] stability grid: {len(rows)} runs in {time.monotonic() - start:.0f} s; table {csv_path} "
+              f"(+ .md), plots loss_vs_depth.png and early_updates.png in {output_dir}")  # fmt: skip
+    if bound or bound_only:
+        print_bound_tables(bound_depths, output_dir)
+    return 0
+
+
+def print_bound_tables(depths: tuple[int, ...], output_dir: Path) -> None:
+    """DeepNet's model update for Post-LN and DeepNorm at ``depths``, for the theorem's step and the training step."""
+    from .bound import SETTINGS, bound_table
+    from .report import markdown_table, write_table
+
+    start = time.monotonic()
+    columns = ("depth", "post_ln", "deepnorm", "post_ln / deepnorm")
+    for name, step in SETTINGS.items():
+        rows = bound_table(("post_ln", "deepnorm"), depths, **step)
+        for row in rows:
+            row["post_ln / deepnorm"] = row["post_ln"] / row["deepnorm"]
+        write_table(rows, columns, output_dir / f"bound_{name}")
+        print(f"\nModel update ‖F(x; θ+Δθ) − F(x; θ)‖ per position after one {step['optimizer']} step, lr {step['lr']:g}, "
+              f"{step['parameters']} updated ({name}):\n" + markdown_table(rows, columns), flush=True)  # fmt: skip
+    print(f"[deepln] bound tables in {time.monotonic() - start:.0f} s: {output_dir}/bound_*.md", flush=True)
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "stability": Subcommand(
+        "Train a grid of small models (residual schemes x depths x learning rates x warmup, GPT and BERT) and "
+        "tabulate how each fails or learns against the unigram loss; --bound checks DeepNet's model-update bound.",
+        add_stability_arguments,
+        run_stability,
+    ),
+}
+"""Stability subcommands: name -> (help, add_arguments, run)."""

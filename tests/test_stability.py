@@ -1,0 +1,275 @@
+"""The stability tools: the per-layer monitor against hand-computed norms, the grid's failure modes, DeepNet's bound."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from modeling_deepln import DeepLNGPTConfig, DeepLNGPTForCausalLM
+from modeling_deepln.stability.measures import mean_position_cosine
+from modeling_deepln.stability.monitor import QUANTITIES, LayerMonitor
+
+
+def tiny_gpt(residual_norm: str = "deepnorm", layers: int = 3, **kwargs) -> DeepLNGPTForCausalLM:
+    torch.manual_seed(0)
+    config = DeepLNGPTConfig(vocab_size=40, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                             max_position_embeddings=16, residual_norm=residual_norm, bos_token_id=0,
+                             eos_token_id=0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **kwargs)  # fmt: skip
+    return DeepLNGPTForCausalLM(config).train()
+
+
+def monitored_step(model, monitor, ids, optimizer, step=1):
+    """One training step driven like Trainer drives callbacks; returns what a plain path sees around it."""
+    state = SimpleNamespace(global_step=step - 1, is_world_process_zero=True)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    monitor.on_step_begin(None, state, None)
+    model(ids, labels=ids).loss.backward()
+    monitor.on_pre_optimizer_step(None, state, None)
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+    optimizer.step()
+    monitor.on_optimizer_step(None, state, None)
+    monitor.on_step_end(None, state, None)
+    optimizer.zero_grad()
+    return before, grads
+
+
+def group_norm(tensors: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> float:
+    total = sum(float(t.double().pow(2).sum()) for name, t in tensors.items() if name.startswith(prefixes))
+    return math.sqrt(total)
+
+
+def plain_cosine(hidden: torch.Tensor) -> float:
+    """Mean cosine between distinct positions, by the definition (all ordered pairs, a double loop)."""
+    values = []
+    for sequence in hidden:
+        for s in range(sequence.shape[0]):
+            for t in range(sequence.shape[0]):
+                if s != t:
+                    values.append(float(torch.nn.functional.cosine_similarity(sequence[s], sequence[t], dim=0)))
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize("residual_norm", ["deepnorm", "pre_ln"])
+def test_monitor_matches_hand_computed_norms(residual_norm):
+    model = tiny_gpt(residual_norm)
+    monitor = LayerMonitor(every=1, tensorboard=False, plots=False).attach(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ids = torch.randint(0, 40, (3, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # the forward pass of the plain path, with the weights before the step
+        hidden = model(ids, output_hidden_states=True).hidden_states
+        block = model.transformer.layers[1]
+        x = hidden[1]  # input of layer 1
+        connection = block.attention_residual
+        normed = connection.norm(x) if connection.norm_before else x
+        branch = block.attention(normed, attention_mask=torch.full((7, 7), -1e9).triu(1)[None, None])[0]
+        skip = connection.alpha * x
+        attn_out = skip + branch if connection.norm_before else connection.norm(skip + branch)
+    before, grads = monitored_step(model, monitor, ids, optimizer)
+    after = {name: p.detach() for name, p in model.named_parameters()}
+    record = monitor.records[-1]
+    labels = [sub.label for sub in monitor.sublayers]
+    g = labels.index("layer_001_attn")
+    prefixes = ("transformer.layers.1.attention.", "transformer.layers.1.attention_residual.")
+    values = record["values"]
+    assert set(values) == set(QUANTITIES)
+    assert values["grad_norm"][g] == pytest.approx(group_norm(grads, prefixes), rel=1e-5)
+    delta = {name: after[name] - before[name] for name in before}
+    expected_update = group_norm(delta, prefixes) / group_norm(before, prefixes)
+    assert values["update_size"][g] == pytest.approx(expected_update, rel=1e-4)
+    assert values["stream_norm"][g] == pytest.approx(float(attn_out.norm(dim=-1).mean()), rel=1e-5)
+    assert values["branch_ratio"][g] == pytest.approx(float(branch.norm() / skip.norm()), rel=1e-5)
+    assert values["position_cosine"][g] == pytest.approx(plain_cosine(attn_out), abs=1e-5)
+    if residual_norm == "deepnorm":  # the FFN sublayer's output is the layer's output (no final LN in between)
+        f = labels.index("layer_001_ffn")
+        assert values["position_cosine"][f] == pytest.approx(plain_cosine(hidden[2]), abs=1e-5)
+        assert values["stream_norm"][f] == pytest.approx(float(hidden[2].norm(dim=-1).mean()), rel=1e-5)
+
+
+def test_position_cosine_extremes():
+    same = torch.randn(1, 1, 8).expand(2, 5, 8)
+    assert float(mean_position_cosine(same)) == pytest.approx(1.0, abs=1e-6)
+    orthogonal = torch.eye(6).unsqueeze(0)
+    assert float(mean_position_cosine(orthogonal)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_monitor_only_hooks_monitored_steps_and_names_first_non_finite(capsys):
+    model = tiny_gpt("post_ln")
+    monitor = LayerMonitor(every=3, first_steps=1, tensorboard=False, plots=False).attach(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    ids = torch.randint(0, 40, (2, 6), generator=torch.Generator().manual_seed(2))
+    hooks_seen = []
+    for step in range(1, 5):
+        state = SimpleNamespace(global_step=step - 1, is_world_process_zero=True)
+        monitor.on_step_begin(None, state, None)
+        hooks_seen.append(len(model.transformer.layers[0].mlp_residual._forward_hooks))
+        monitor.on_step_end(None, state, None)
+    assert hooks_seen == [1, 0, 1, 0]  # steps 1 (first_steps) and 3 (every)
+    assert len(model.transformer.layers[0].mlp_residual._forward_hooks) == 0
+    fc2 = model.transformer.layers[1].mlp.fc2
+    with torch.no_grad():
+        fc2.weight.fill_(float("inf"))
+    monitored_step(model, monitor, ids, optimizer, step=6)
+    assert monitor.first_non_finite["layer"] == 1 and monitor.first_non_finite["sublayer"] == "ffn"
+    assert "layer 1, ffn sublayer" in capsys.readouterr().out
+
+
+def test_nan_guard_names_the_sublayer():
+    """The NaN guard (training/callbacks.py) also watches the residual connections: an FFN that outputs inf in
+    layer 1 is named as layer 1's feed-forward sublayer, not just as layer 1."""
+    from modeling_deepln.training.callbacks import NonFiniteError, NonFiniteGuard
+
+    model = tiny_gpt("post_ln")
+    guard = NonFiniteGuard(policy="stop").attach(model)
+    with torch.no_grad():
+        model.transformer.layers[1].mlp.fc2.bias.fill_(float("inf"))
+    ids = torch.randint(0, 40, (2, 6), generator=torch.Generator().manual_seed(3))
+    model(ids, labels=ids).loss.backward()
+    state = SimpleNamespace(global_step=0, is_world_process_zero=True)
+    with pytest.raises(NonFiniteError, match=r"transformer\.layers\.1\.mlp_residual \(feed-forward sublayer\)"):
+        guard.on_pre_optimizer_step(None, state, None)
+
+
+# ------------------------------------------------------------------------------------------------ the grid
+
+
+def synthetic_gpt_data(rule: str, vocab: int = 32, seq_len: int = 16, blocks: int = 256):
+    """Blocks that follow a next-token rule (``t+1 = t + 1 mod V``: learnable) or i.i.d. skewed tokens (nothing to
+    learn beyond the token frequencies: the unigram plateau)."""
+    from modeling_deepln.stability.grid import GridData, unigram_loss
+
+    generator = torch.Generator().manual_seed(0)
+    if rule == "successor":
+        starts = torch.randint(0, vocab, (blocks, 1), generator=generator)
+        ids = (starts + torch.arange(seq_len)) % vocab
+    else:
+        probs = torch.arange(1, vocab + 1, dtype=torch.float).reciprocal()
+        ids = torch.multinomial(probs, blocks * seq_len, replacement=True, generator=generator).view(blocks, seq_len)
+    train, held_out = ids[:-32], ids[-32:]
+    batches = [{"input_ids": held_out[i : i + 16], "labels": held_out[i : i + 16]} for i in (0, 16)]
+    unigram = unigram_loss(train, held_out[:, 1:], vocab)
+    return GridData("gpt", SimpleNamespace(pad_token_id=0, eos_token_id=0), train, batches, unigram)
+
+
+def tiny_settings(**kwargs):
+    from modeling_deepln.stability.grid import GridSettings
+
+    values = dict(families=("gpt",), hidden_size=16, num_heads=2, seq_len=16, batch_size=16, vocab_size=32,
+                  steps=40, monitor_every=5, early_steps=3, margin=0.1)  # fmt: skip
+    return GridSettings(**{**values, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "rule, scheme, depth, lr, expected",
+    [
+        ("successor", "pre_ln", 2, 1e-2, {"learning"}),
+        ("iid", "pre_ln", 2, 1e-2, {"stalled", "collapsed"}),
+        ("successor", "pre_ln", 2, 1e3, {"diverged"}),
+        ("successor", "upscale_ln:alpha_plus_ln", 16, 1e-3, {"diverged"}),  # α = 32^¼ > 1: the stream overflows
+    ],
+)
+def test_grid_cell_separates_failure_modes(tmp_path, rule, scheme, depth, lr, expected):
+    from modeling_deepln.stability.grid import Cell, train_cell
+
+    data = synthetic_gpt_data(rule)
+    settings = tiny_settings()
+    row = train_cell(Cell("gpt", scheme, depth, lr, 0.1), data, settings, tmp_path)
+    assert row["mode"] in expected, row
+    if row["mode"] == "learning":
+        assert row["eval_loss"] < 0.5 * data.unigram_loss and row["mode_step"] is not None
+    if row["mode"] in ("stalled", "collapsed"):
+        assert abs(row["gap"]) < 0.1, row
+    if row["mode"] != "diverged":
+        assert row["update_first"] > 0 and row["update_last"] > 0
+        assert (tmp_path / Cell("gpt", scheme, depth, lr, 0.1).name / "monitor.jsonl").is_file()
+
+
+def test_classify_rules():
+    from modeling_deepln.stability.grid import classify
+
+    losses = [(1, 5.0), (2, 4.0), (3, 3.5), (4, 3.45), (5, 3.44)]
+    assert classify([(1, 5.0), (2, float("nan"))], 3.4, 3.4, 0.5, [], 32) == ("diverged", 2)
+    assert classify([(1, 3.0), (2, 40.0), (3, 50.0)], 45.0, 3.4, 0.5, [], 32) == ("diverged", 2)
+    assert classify(losses, 3.45, 3.44, 0.99, [(2, 0.5), (4, 0.97)], 32) == ("collapsed", 4)
+    assert classify(losses, 3.45, 3.44, 0.50, [(2, 0.5), (4, 0.6)], 32)[0] == "stalled"
+    tail = [(step, 1.0) for step in range(6, 11)]  # the 5-step running mean drops below 3.44 - 0.05 at step 6
+    assert classify(losses + tail, 1.2, 3.44, 0.5, [], 32) == ("learning", 6)
+
+
+def test_unigram_loss_matches_the_training_metric():
+    """The grid's unigram loss for GPT equals log of training.metrics.unigram_perplexity on the same blocks."""
+    from modeling_deepln.stability.grid import unigram_loss
+    from modeling_deepln.training.metrics import unigram_perplexity
+
+    generator = torch.Generator().manual_seed(4)
+    train, held_out = torch.randint(0, 50, (20, 9), generator=generator), torch.randint(0, 50, (4, 9), generator=generator)
+    expected = math.log(unigram_perplexity(train.numpy(), held_out.numpy(), 60))
+    assert unigram_loss(train, held_out[:, 1:], 60) == pytest.approx(expected, rel=1e-9)
+
+
+def test_deepnet_bound_trend_on_small_depths():
+    """DeepNet's Theorem 4.2 setting (an SGD step on the sublayer weights): Post-LN's model update grows with depth
+    (about linearly), DeepNorm's stays within a constant band."""
+    from modeling_deepln.stability.bound import SETTINGS, model_update
+
+    depths = (2, 4, 8)
+    kwargs = dict(hidden=16, seq_len=16, batch_size=4, eval_batches=1, seeds=(0,), **SETTINGS["theorem"])
+    post = [model_update("post_ln", n, **kwargs) for n in depths]
+    deep = [model_update("deepnorm", n, **kwargs) for n in depths]
+    assert post[0] < post[1] < post[2] and post[2] > 2.5 * post[0], post
+    assert max(deep) < 1.5 * min(deep), deep
+
+
+def test_stability_cli_bound_only(tmp_path, capsys):
+    from modeling_deepln.cli import main
+
+    main(["stability", "--bound-only", "--bound-depths", "2,3", "--output-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "post_ln / deepnorm" in out and (tmp_path / "bound_theorem.csv").is_file()
+    with pytest.raises(SystemExit) as info:
+        main(["stability", "--schemes", "post_ln,nope", "--output-dir", str(tmp_path)])
+    assert info.value.code == 2 and "Unknown scheme 'nope'" in capsys.readouterr().err
+
+
+def test_pretrain_flag_attaches_the_monitor(tmp_path):
+    """``deepln pretrain --monitor-every 2``: records at steps 2 and 4 for every sublayer, the heatmap PNG and
+    TensorBoard event files in the output folder."""
+    import json
+
+    from modeling_deepln.cli import main
+    from modeling_deepln.training.corpus import wiki_articles
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(line for article in wiki_articles()[:2] for line in article.split("\n") if line.strip()))
+    out = tmp_path / "run"
+    main(["pretrain", "--data", str(text), "--num-layers", "3", "--hidden-size", "16", "--num-heads", "2",
+          "--seq-len", "16", "--vocab-size", "300", "--batch-size", "4", "--max-steps", "4", "--eval-steps", "0",
+          "--max-eval-samples", "8", "--report-to", "none", "--no-progress", "--no-samples", "--output-dir", str(out),
+          "--monitor-every", "2"])  # fmt: skip
+    records = [json.loads(line) for line in (out / "monitor.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert records[0]["sublayers"] == [f"layer_{i:03d}_{k}" for i in range(3) for k in ("attn", "ffn")]
+    assert all(math.isfinite(v) for r in records for row in r["values"].values() for v in row)
+    assert (out / "monitor_heatmaps.png").stat().st_size > 1000
+    assert list((out / "monitor_tensorboard").glob("events.out.tfevents*"))
+
+
+def test_finetune_flag_attaches_the_monitor(tmp_path):
+    """``deepln finetune --monitor-every 1`` on a tiny sentence task: a record per step for both layers."""
+    import json
+
+    from modeling_deepln.cli import main
+
+    rows = [f"this film is {'great' if i % 2 else 'awful'} number {i},{i % 2}" for i in range(40)]
+    data = tmp_path / "task"
+    data.mkdir()
+    (data / "train.csv").write_text("sentence,y\n" + "\n".join(rows[:32]))
+    (data / "dev.csv").write_text("sentence,y\n" + "\n".join(rows[32:]))
+    out = tmp_path / "ft"
+    main(["finetune", "--preset", "gpt-deep-small", "--num-layers", "2", "--hidden-size", "16", "--vocab-size", "300",
+          "--data", str(data), "--text-columns", "sentence", "--label-column", "y", "--output-dir", str(out),
+          "--max-seq-len", "16", "--max-steps", "2", "--report-to", "none", "--no-progress", "--monitor-every", "1"])  # fmt: skip
+    records = [json.loads(line) for line in (out / "monitor.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and len(records[0]["sublayers"]) == 4
