@@ -62,6 +62,10 @@ def test_post_norm_form_flag_and_scheme_switch_from_a_preset_that_names_a_form()
     assert config.post_norm_form == "alpha_plus_ln"
     with pytest.raises(SystemExit):
         parse_pretrain(["--post-norm-form", "alpha"])
+    from modeling_deepln import load_preset  # the library path resets the form the same way
+
+    assert load_preset("gpt-deep-small", residual_norm="pre_ln").post_norm_form == "ln"
+    assert load_preset("gpt-deep-small", num_hidden_layers=4).post_norm_form == "alpha_plus_ln"
 
 
 def test_config_saved_before_the_form_existed_loads_with_the_ln_form(tmp_path):
