@@ -46,6 +46,7 @@ VARIANTS: dict[str, tuple[str, dict, dict, str | None]] = {
     "deepnorm": ("DeepNorm (α, β on v/out/fc1/fc2)", {"residual_norm": "deepnorm"}, {}, None),
     "fln_ln": ("FoundationLayerNorm LN(0.974·x+G(x))", {"residual_norm": "foundation_ln", "post_norm_form": "ln"}, {}, None),
     "fln_alpha_plus_ln": ("FoundationLayerNorm 0.974·s+LN(s)", {"residual_norm": "foundation_ln", "post_norm_form": "alpha_plus_ln"}, {}, None),
+    "post_ln_alpha_plus_ln": ("Post-LN in the author's-module form s+LN(s) (α = 1)", {"residual_norm": "post_ln", "post_norm_form": "alpha_plus_ln"}, {}, None),
     "fln_alpha_plus_ln_head_scaled": ("0.974·s+LN(s), head input ÷ RMS (no gain)", {"residual_norm": "foundation_ln", "post_norm_form": "alpha_plus_ln"}, {}, "head_rms"),
 }
 
@@ -192,6 +193,13 @@ def render(unigram: float | None = None) -> None:
             f"{r['loss_init']:.2f} | {r['loss']:.2f} | {unigram - r['loss']:+.2f} | {r['collapse']:.2f} | "
             f"{r['head_input_norm']:.1f} | {r['seconds']:.0f} |"
         )
+    lines += [
+        "",
+        "![training loss per variant](collapse-study.png)",
+        "",
+        "Interpretation, and the related measurements of issue 9 and methods.md §5.1: README, section "
+        "\"Why the Post-LN family learns only the token frequencies here\".",
+    ]
     (DOCS / "collapse-study.md").write_text("\n".join(lines) + "\n")
     plot(rows, unigram)
 
