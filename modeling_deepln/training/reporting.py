@@ -90,7 +90,7 @@ def print_benchmark_rows(run: Any, metrics: dict[str, float]) -> list[str]:
         lines.append(
             f"[deepln] stored benchmark: {row['label']} ({row['flag']}) reached held-out loss {row['eval_loss']:.2f}"
             f"{versus} in {row['steps']} steps ({row['outcome']}); this run: {metrics['eval_loss']:.2f}. "
-            f"Measured with `{row['command']}` on {row['machine']}."
+            f"Measured with `{row['command']}` ({row['machine']})."
         )
     for line in lines:
         print(line, flush=True)
