@@ -58,7 +58,11 @@ def preset_path(name_or_path: str | Path) -> Path:
 
 
 def load_preset(name_or_path: str | Path, **overrides: Any) -> DeepLNBertConfig | DeepLNGPTConfig:
-    """Build the config of a preset (or config file / model folder), with ``overrides`` applied."""
+    """Build the config of a preset (or config file / model folder), with ``overrides`` applied.
+
+    Overriding ``residual_norm`` without ``post_norm_form`` gives the new scheme its own default form (a preset
+    naming ``post_norm_form="alpha_plus_ln"`` can still be switched to ``pre_ln``).
+    """
     path = preset_path(name_or_path)
     data = json.loads(path.read_text())
     model_type = data.pop("model_type", None)
@@ -67,5 +71,7 @@ def load_preset(name_or_path: str | Path, **overrides: Any) -> DeepLNBertConfig 
             f"{path} has model_type {model_type!r}; a deepln preset needs one of {sorted(_CONFIG_CLASSES)}."
         )
     data.pop("auto_map", None)
+    if "residual_norm" in overrides and "post_norm_form" not in overrides:
+        data.pop("post_norm_form", None)  # another scheme: its own default form, not the preset's
     data.update(overrides)
     return _CONFIG_CLASSES[model_type](**data)

@@ -146,7 +146,9 @@ def _randomize(module):
 def test_block_matches_hand_written_equation(scheme, causal):
     layers = 7
     make = tiny_gpt if causal else tiny_bert
-    config = make(residual_norm=scheme, num_hidden_layers=layers, normformer_residual_scale=True, hidden_act="gelu")
+    form = {"post_norm_form": "ln"} if scheme == "foundation_ln" else {}  # the α·s + LN(s) form: test below
+    config = make(residual_norm=scheme, num_hidden_layers=layers, normformer_residual_scale=True, hidden_act="gelu",
+                  **form)
     model = (DeepLNGPTModel if causal else DeepLNBertModel)(config).eval()
     block = model.layers[2]
     _randomize(block)
@@ -197,9 +199,10 @@ def test_alpha_plus_ln_form_matches_the_authors_module(scheme, causal):
 
 def test_post_norm_form_is_stored_and_checked(tmp_path):
     config = tiny_gpt(residual_norm="foundation_ln")
-    assert config.post_norm_form == "ln"  # None resolves to the scheme's default and is saved explicitly
+    assert config.post_norm_form == "alpha_plus_ln"  # None resolves to the scheme's default and is saved explicitly
+    assert tiny_gpt(residual_norm="deepnorm").post_norm_form == "ln"
     config.save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["post_norm_form"] == "ln"
+    assert json.loads((tmp_path / "config.json").read_text())["post_norm_form"] == "alpha_plus_ln"
     with pytest.raises(ValueError, match="post_norm_form must be one of"):
         tiny_gpt(residual_norm="foundation_ln", post_norm_form="ln_plus_alpha")
     with pytest.raises(ValueError, match="applies to the Post-LN family"):
@@ -399,7 +402,8 @@ def test_gpt_1k_preset_matches_paper():
 def test_small_presets_are_deep_and_use_the_paper_schemes(name):
     config = load_preset(name)
     assert config.num_hidden_layers >= 48 and config.hidden_size <= 64
-    assert config.residual_norm == ("upscale_ln" if name.startswith("bert") else "foundation_ln")
+    # FoundationLayerNorm in the author's-module form, the one measured to learn at 48 layers (issue 9; test_recipe.py)
+    assert (config.residual_norm, config.post_norm_form) == ("foundation_ln", "alpha_plus_ln")
 
 
 # --------------------------------------------------------------------------------------------------------------

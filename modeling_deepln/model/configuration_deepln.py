@@ -67,9 +67,13 @@ class _DeepLNConfig(PretrainedConfig):
             self.intermediate_size = 4 * self.hidden_size
         self._reject_misspelt_fields(kwargs)
         if self.post_norm_form is None and isinstance(getattr(self, "residual_norm", None), str):
-            # stored explicitly, so a saved model keeps its form if a scheme's default changes
+            # stored explicitly, so a saved model keeps its form if a scheme's default changes; a config saved
+            # before the field existed (it carries transformers_version) was trained with the only form then, "ln"
             scheme = RESIDUAL_SCHEMES.get(self.residual_norm)
-            self.post_norm_form = scheme.default_post_norm_form if scheme else None
+            if "transformers_version" in kwargs and scheme is not None and scheme.norm_position == "post":
+                self.post_norm_form = "ln"
+            else:
+                self.post_norm_form = scheme.default_post_norm_form if scheme else None
         # A complete auto_map, so AutoModel / any head loads a folder saved from any head (remote code).
         kwargs.setdefault("auto_map", dict(self._deepln_auto_map))
         super().__init__(**kwargs)
@@ -200,7 +204,9 @@ class DeepLNBertConfig(_DeepLNConfig):
         residual_beta: override DeepNorm's init gain β (``None``: the formula; other schemes: standard init).
         post_norm_form: the Post-LN family's normalisation at the residual sum: ``"ln"`` = ``LN(α·x + G(x))``
             or ``"alpha_plus_ln"`` = ``α·s + LN(s)`` with ``s = x + G(x)`` (the FoundationLayerNorm author's
-            module; see ``residual_deepln``). ``None``: the scheme's default, stored explicitly.
+            module; see ``residual_deepln``). ``None``: the scheme's default (``"alpha_plus_ln"`` for
+            ``foundation_ln``, measured; ``"ln"`` otherwise), stored explicitly; a saved config without the field
+            (older deepln) loads as ``"ln"``.
         scale_output_init: init the attention-output and FFN-output weights with ``σ/sqrt(2N)``
             (GPT-2/Megatron scaled init) in schemes without β.
         normformer_head_scale, normformer_attn_norm, normformer_ffn_norm, normformer_residual_scale:

@@ -11,7 +11,7 @@ stateless object picked by ``config.residual_norm``:
 ``pre_ln``         ``x = x + G(LN(x))``                     1          --           yes
 ``deepnorm``       ``x = LN(α·x + G(x))``                   (2N)^1/4   (8N)^-1/4    no
 ``upscale_ln``     ``x = LN(α·x + G(x))``                   (2N)^1/4   --           no
-``foundation_ln``  ``x = LN(α·x + G(x))``                   0.974      --           no
+``foundation_ln``  ``x = α·s + LN(s)``, ``s = x + G(x)``     0.974      --           no
 ``normformer``     ``x = x + LN'(G(LN(x)))`` (+ head scale,  1          --           yes
                    FFN mid LN, optional ResScale)
 =================  =======================================  =========  ===========  ========================
@@ -20,10 +20,11 @@ The Post-LN family (``norm_position="post"``) has two forms of the normalisation
 ``config.post_norm_form`` (:data:`POST_NORM_FORMS`):
 
 * ``"ln"``: ``x = LN(α·x + G(x))``, the table above (DeepNet's equation; FoundationLayerNorm as reconstructed
-  from a third-party summary, methods.md §5);
+  from a third-party summary, methods.md §5); the default of every Post-LN scheme but ``foundation_ln``;
 * ``"alpha_plus_ln"``: ``s = x + G(x)``, ``x = α·s + LN(s)``: the FoundationLayerNorm author's own normalization
   module (``ShenDezhou/DeepLayerNorm``, ``forward(x) = α·x + LN(x)``) put where Post-LN has ``LN(s)``
-  (methods.md §5.1, "a second reading"). With α < 1 the stream stays bounded (≈ |LN| / (1 − α)); with α > 1 it
+  (methods.md §5.1, "a second reading"); the default of ``foundation_ln`` (measured, see :class:`FoundationLN`).
+  With α < 1 the stream stays bounded (≈ |LN| / (1 − α)); with α > 1 it
   grows as α^(2N) and overflows at depth.
 
 ``N`` is the number of layers. DeepNet's encoder-only (BERT) and decoder-only (GPT) constants are the same
@@ -66,8 +67,10 @@ class ResidualScheme:
         final_norm: whether the stack ends with one more LayerNorm (true for the Pre-LN family).
         normformer: whether the NormFormer extras (head scale, post-attention LN, FFN mid LN, ResScale) may be
             switched on by the ``normformer_*`` config fields.
-        default_post_norm_form: the form (:data:`POST_NORM_FORMS`) a config of this scheme gets when it does not
-            name one (``"ln"`` for every scheme; a Pre-LN scheme has no other form).
+        default_post_norm_form: the form (:data:`POST_NORM_FORMS`) a new config of this scheme gets when it does
+            not name one: ``"alpha_plus_ln"`` for ``foundation_ln`` (measured, see :class:`FoundationLN`), ``"ln"``
+            for the others (a Pre-LN scheme has no other form; with DeepNorm's and Upscale LN's α > 1 the
+            ``α·s + LN(s)`` form overflows at depth).
     """
 
     name: str = ""
@@ -172,19 +175,33 @@ class UpscaleLN(ResidualScheme):
 
 
 class FoundationLN(ResidualScheme):
-    """FoundationLayerNorm, the GPT variant: ``x_{i+1} = LN(α·x_i + G_i(x_i))`` with the empirical constant
-    ``α = 0.974`` (independent of depth) and no β weight scaling.
+    """FoundationLayerNorm, the GPT variant, with the empirical constant ``α = 0.974`` (independent of depth) and
+    no β weight scaling, in one of two readings (``config.post_norm_form``):
+
+    * ``"alpha_plus_ln"`` (the default since it was measured): ``s = x_i + G_i(x_i)``,
+      ``x_{i+1} = α·s + LN(s)``, the author's own normalization module (``ShenDezhou/DeepLayerNorm``,
+      ``forward(x) = α·x + LN(x)``) placed where Post-LN has ``LN(s)`` (methods.md §5.1);
+    * ``"ln"``: ``x_{i+1} = LN(α·x_i + G_i(x_i))`` (methods.md §5, from a third-party summary of the paper).
+
+    Why the default is ``"alpha_plus_ln"``: on the embedded corpus (hidden 64, batch 16 × 128, tied bare head)
+    the ``"ln"`` reading ends on the unigram solution with every position identical, at 4 layers as at 48
+    (held-out loss 7.41 against the unigram model's 7.40, 48 layers, lr 2e-3, 10 % warmup, 300 steps), while
+    ``"alpha_plus_ln"`` learns the context (6.51 in the same run; 6.23 at 4 layers): issue 9, methods.md §5.1,
+    ``docs/collapse-study.md`` and ``configuration/benchmarks/``. Configs saved before the switch existed load
+    with ``"ln"`` (what they were trained with).
 
     [RECON] The paper (arXiv 2204.04477 §5) calls α "a constant parameter from experience"; its equation was
     lost in extraction. The value 0.974 comes from a single third-party summary of the paper and could not be
     checked against the PDF, so it is a default, overridable with ``config.residual_alpha``. Post-LN placement
-    and no final LayerNorm are deepln choices.
+    and no final LayerNorm are deepln choices. In the ``"alpha_plus_ln"`` form the last hidden state is not
+    normalised (its norm grows towards ``|LN| / (1 − α)`` with depth), so logits start large at depth.
     """
 
     name = "foundation_ln"
     norm_position = "post"
     final_norm = False
-    description = "LN(0.974·x + G(x)), standard init (FoundationLayerNorm paper, GPT-1k)"
+    description = "0.974·s + LN(s), s = x + G(x) (default) or LN(0.974·x + G(x)); standard init (FoundationLayerNorm, GPT-1k)"
+    default_post_norm_form = "alpha_plus_ln"
 
     def default_alpha(self, num_layers: int) -> float:
         return 0.974

@@ -40,6 +40,9 @@ class PretrainArgs:
     """Model preset name (``available_presets()``), a config JSON file or a model folder (its config, fresh weights)."""
     residual_norm: str | None = None
     """Override the residual-normalization scheme (``post_ln``, ``pre_ln``, ``deepnorm``, ``upscale_ln``, ...)."""
+    post_norm_form: str | None = None
+    """Post-LN family only: ``ln`` = ``LN(α·x + G(x))`` or ``alpha_plus_ln`` = ``α·s + LN(s)``, ``s = x + G(x)``
+    (default: the preset's, or the scheme's default when ``--residual-norm`` changes the scheme)."""
     num_layers: int | None = None
     """Override ``num_hidden_layers``."""
     hidden_size: int | None = None
@@ -142,6 +145,8 @@ class FinetuneArgs:
     """Preset to build a fresh model from when ``model`` is not given."""
     residual_norm: str | None = None
     """With ``preset``: override the residual-normalization scheme."""
+    post_norm_form: str | None = None
+    """With ``preset``: the Post-LN family's form, ``ln`` or ``alpha_plus_ln`` (default: as for ``pretrain``)."""
     num_layers: int | None = None
     """With ``preset``: override ``num_hidden_layers``."""
     hidden_size: int | None = None

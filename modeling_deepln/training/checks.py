@@ -114,9 +114,17 @@ def schedule_kwargs(schedule: str, min_lr: float | None, lr: float) -> tuple[str
 
 
 def config_overrides(a: PretrainArgs | FinetuneArgs) -> dict[str, Any]:
+    """Model-config fields given on the command line, for :func:`build_config`.
+
+    Changing the scheme (``--residual-norm``) without ``--post-norm-form`` resets the form to the new scheme's
+    default (``post_norm_form=None``), so a preset that names a Post-LN form can still be switched to ``pre_ln``.
+    """
     overrides: dict[str, Any] = {}
     if a.residual_norm is not None:
         overrides["residual_norm"] = a.residual_norm
+        overrides["post_norm_form"] = None
+    if getattr(a, "post_norm_form", None) is not None:
+        overrides["post_norm_form"] = a.post_norm_form
     if a.num_layers is not None:
         overrides["num_hidden_layers"] = a.num_layers
     if a.hidden_size is not None:

@@ -12,6 +12,7 @@ scripts compute, so :func:`classification_metrics` uses them directly and works 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -117,4 +118,25 @@ def unigram_perplexity(train_blocks: Any, eval_blocks: Any, vocab_size: int) -> 
     targets = np.asarray(eval_blocks, dtype=np.int64)[:, 1:].reshape(-1)
     counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0
     log_probs = np.log(counts / counts.sum())
+    return perplexity(float(-log_probs[targets].mean()))
+
+
+def masked_unigram_perplexity(
+    train_blocks: Any, eval_blocks: Any, vocab_size: int, special_ids: Sequence[int] = ()
+) -> float:
+    """Perplexity of the add-one-smoothed unigram model of the maskable training tokens on the maskable tokens
+    of ``eval_blocks``: the reference point of a masked LM's masked-token perplexity.
+
+    The MLM collator selects positions uniformly among the tokens that are not special (``[CLS]``, ``[SEP]``,
+    padding), so the expected masked-token loss of a model that predicts the unigram distribution, whatever the
+    context, is ``mean over those eval tokens of -log p(token)`` with ``p`` estimated on the same kind of training
+    tokens (special ids get no probability mass). Blocks are equal-length rows of token ids.
+    """
+    train = np.asarray(train_blocks, dtype=np.int64).reshape(-1)
+    targets = np.asarray(eval_blocks, dtype=np.int64).reshape(-1)
+    special = np.asarray(sorted(set(special_ids)), dtype=np.int64)
+    counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0
+    counts[special] = 0.0
+    targets = targets[~np.isin(targets, special)]
+    log_probs = np.log(counts / counts.sum(), where=counts > 0, out=np.full(vocab_size, -np.inf))
     return perplexity(float(-log_probs[targets].mean()))

@@ -42,7 +42,7 @@ from .checks import (
     model_family,
     resume_checkpoint,
 )
-from .metrics import perplexity, unigram_perplexity
+from .metrics import masked_unigram_perplexity, perplexity, unigram_perplexity
 from .reporting import print_samples, report_pretraining
 from .trainer_setup import (
     default_output_dir,
@@ -375,15 +375,18 @@ def train_lm(run: PretrainRun) -> dict[str, Any]:
 
 
 def evaluate_after_training(run: PretrainRun, before: dict[str, float]) -> dict[str, float]:
-    """Step 5c: held-out loss and perplexity; for GPT also the perplexity of a unigram model of the training text."""
+    """Step 5c: held-out loss and perplexity, and ``perplexity_unigram``: what a model that learned only the token
+    frequencies scores on the same targets (GPT: every next token; BERT: the maskable, i.e. non-special, tokens)."""
     metrics = run.trainer.evaluate()
     metrics["perplexity"] = perplexity(metrics["eval_loss"])
     metrics.update(before)
-    if run.family == "gpt":  # what a model that learned only the token frequencies scores on the same text
-        metrics["perplexity_unigram"] = unigram_perplexity(
-            run.train_dataset.with_format("numpy")["input_ids"],
-            run.eval_dataset.with_format("numpy")["input_ids"],
-            run.config.vocab_size,
+    train_ids = run.train_dataset.with_format("numpy")["input_ids"]
+    eval_ids = run.eval_dataset.with_format("numpy")["input_ids"]
+    if run.family == "gpt":
+        metrics["perplexity_unigram"] = unigram_perplexity(train_ids, eval_ids, run.config.vocab_size)
+    else:
+        metrics["perplexity_unigram"] = masked_unigram_perplexity(
+            train_ids, eval_ids, run.config.vocab_size, run.tokenizer.all_special_ids
         )
     metrics["eval_samples"] = len(run.eval_dataset)
     return metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,41 @@ def report_pretraining(run: Any, metrics: dict[str, float], tokens: int) -> None
     print(
         f"[deepln] perplexity {metrics['perplexity_before']:.2f} -> {metrics['perplexity']:.2f} "
         f"(eval_loss {metrics['eval_loss_before']:.4f} -> {metrics['eval_loss']:.4f})"
-        + (f"; a unigram model of the training text scores {unigram:.2f}" if unigram else ""),
+        + (f"; a unigram model of the training text scores {unigram:.2f}" if unigram else "")
+        + (" on the maskable tokens" if unigram and run.family == "bert" else ""),
         flush=True,
     )
+    print_benchmark_rows(run, metrics)
+
+
+def load_benchmark_rows(preset: str) -> list[dict[str, Any]]:
+    """The stored benchmark rows of a preset (``configuration/benchmarks/<preset>.json``), or ``[]``."""
+    from ..presets import PRESETS_DIR
+
+    path = PRESETS_DIR / "benchmarks" / f"{Path(str(preset)).name}.json"
+    if Path(str(preset)).suffix or not path.is_file():
+        return []
+    return list(json.loads(path.read_text()).get("rows", []))
+
+
+def print_benchmark_rows(run: Any, metrics: dict[str, float]) -> list[str]:
+    """After a run with the preset's own scheme: how the schemes it does not use fared in the same budget, from the
+    stored benchmark rows, each with the one flag that switches to it. Returns the printed lines."""
+    a = run.args
+    if a.residual_norm is not None or a.post_norm_form is not None:
+        return []
+    lines = []
+    for row in load_benchmark_rows(a.preset):
+        unigram = row.get("unigram_loss")
+        versus = f" against the unigram model's {unigram:.2f}" if unigram is not None else ""
+        lines.append(
+            f"[deepln] stored benchmark: {row['label']} ({row['flag']}) reached held-out loss {row['eval_loss']:.2f}"
+            f"{versus} in {row['steps']} steps ({row['outcome']}); this run: {metrics['eval_loss']:.2f}. "
+            f"Measured with `{row['command']}` ({row['machine']})."
+        )
+    for line in lines:
+        print(line, flush=True)
+    return lines
 
 
 def report_finetuning(run: Any, metrics: dict[str, float]) -> None:

@@ -1,0 +1,103 @@
+"""The default run's scheme and recipe, the post-norm-form switch on the command line, the masked-LM unigram
+reference and the stored benchmark rows (issue 9)."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_deepln import DeepLNGPTConfig, DeepLNGPTModel
+from modeling_deepln.cli import build_parser
+from modeling_deepln.training.args import PretrainArgs, resolve_pretrain_args
+from modeling_deepln.training.checks import build_config, config_overrides
+from modeling_deepln.training.metrics import masked_unigram_perplexity
+from modeling_deepln.training.reporting import load_benchmark_rows, print_benchmark_rows
+
+
+def parse_pretrain(argv: list[str]) -> PretrainArgs:
+    ns = build_parser().parse_args(["pretrain", *argv])
+    values = {k: v for k, v in vars(ns).items() if k in PretrainArgs.__dataclass_fields__}
+    return PretrainArgs(**values)
+
+
+@pytest.mark.parametrize("preset", ["gpt-deep-small", "bert-deep-small"])
+def test_default_runs_resolve_to_the_measured_scheme_and_recipe(preset):
+    """`deepln pretrain` (and `--preset bert-deep-small`): 48 layers, FoundationLayerNorm in the α·s + LN(s) form,
+    lr 2e-3 with 10 % warmup for 300 steps (methods.md §5.1), bounded by the time limit."""
+    a, recipe = resolve_pretrain_args(PretrainArgs() if preset == "gpt-deep-small" else PretrainArgs(preset=preset))
+    config = build_config(a.preset, config_overrides(a))
+    assert (config.num_hidden_layers, config.residual_norm, config.post_norm_form) == (48, "foundation_ln", "alpha_plus_ln")
+    assert (a.lr, a.warmup_ratio, a.max_steps, a.lr_schedule, a.batch_size, a.seq_len) == (2e-3, 0.1, 300, "cosine", 16, 128)
+    assert a.max_minutes <= 8.0
+    assert config.residual_scheme.alpha(config) == 0.974
+
+
+def test_default_block_computes_alpha_s_plus_ln_s():
+    """The default form, checked in a block of the default preset's shape against the formula written out."""
+    config = build_config("gpt-deep-small", {"num_hidden_layers": 2})
+    residual = DeepLNGPTModel(config).layers[1].mlp_residual
+    x, branch = torch.randn(2, 5, 64), torch.randn(2, 5, 64)
+    s = x + branch
+    want = 0.974 * s + F.layer_norm(s, (64,), residual.norm.weight, residual.norm.bias, config.layer_norm_eps)
+    got, _ = residual(x, lambda h: branch)
+    torch.testing.assert_close(got, want)
+
+
+def test_post_norm_form_flag_and_scheme_switch_from_a_preset_that_names_a_form():
+    """The preset names alpha_plus_ln; --residual-norm pre_ln resets the form, --post-norm-form ln switches it."""
+    assert build_config("gpt-deep-small", config_overrides(parse_pretrain(["--residual-norm", "pre_ln"]))).post_norm_form == "ln"
+    config = build_config("gpt-deep-small", config_overrides(parse_pretrain(["--post-norm-form", "ln"])))
+    assert (config.residual_norm, config.post_norm_form) == ("foundation_ln", "ln")
+    config = build_config("gpt-deep-small", config_overrides(parse_pretrain(["--residual-norm", "post_ln"])))
+    assert config.post_norm_form == "ln"  # post_ln's own default, not the preset's alpha_plus_ln
+    config = build_config(
+        "gpt-deep-small", config_overrides(parse_pretrain(["--residual-norm", "post_ln", "--post-norm-form", "alpha_plus_ln"]))
+    )
+    assert config.post_norm_form == "alpha_plus_ln"
+    with pytest.raises(SystemExit):
+        parse_pretrain(["--post-norm-form", "alpha"])
+    from modeling_deepln import load_preset  # the library path resets the form the same way
+
+    assert load_preset("gpt-deep-small", residual_norm="pre_ln").post_norm_form == "ln"
+    assert load_preset("gpt-deep-small", num_hidden_layers=4).post_norm_form == "alpha_plus_ln"
+
+
+def test_config_saved_before_the_form_existed_loads_with_the_ln_form(tmp_path):
+    """Old checkpoints (no post_norm_form in config.json) were trained with LN(α·x + G(x)) and must keep it."""
+    config = DeepLNGPTConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, residual_norm="foundation_ln")
+    assert config.post_norm_form == "alpha_plus_ln"
+    config.save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    del data["post_norm_form"]
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    assert DeepLNGPTConfig.from_pretrained(tmp_path).post_norm_form == "ln"
+
+
+def test_masked_unigram_perplexity_by_hand():
+    """Counts of the non-special training tokens (+1 each), scored on the non-special eval tokens."""
+    special = [0, 1]  # e.g. [CLS]=0, [SEP]=1
+    train = np.array([[0, 2, 2, 3, 1], [0, 2, 4, 4, 1]])
+    evaluation = np.array([[0, 2, 3, 4, 1]])
+    # counts+1 over ids 2..5 (ids 0, 1 get no mass): 2->4, 3->2, 4->3, 5->1; total 10
+    want = math.exp(-(math.log(4 / 10) + math.log(2 / 10) + math.log(3 / 10)) / 3)
+    assert masked_unigram_perplexity(train, evaluation, vocab_size=6, special_ids=special) == pytest.approx(want)
+
+
+def test_benchmark_rows_name_a_flag_that_switches_the_default_scheme(capsys):
+    for preset in ("gpt-deep-small", "bert-deep-small"):
+        rows = load_benchmark_rows(preset)
+        assert rows, preset
+        default = build_config(preset, config_overrides(PretrainArgs(preset=preset)))
+        for row in rows:
+            switched = build_config(preset, config_overrides(parse_pretrain(["--preset", preset, *row["flag"].split()])))
+            assert (switched.residual_norm, switched.post_norm_form) != (default.residual_norm, default.post_norm_form)
+    run = SimpleNamespace(args=PretrainArgs())
+    lines = print_benchmark_rows(run, {"eval_loss": 6.5})
+    assert lines and "--post-norm-form ln" in capsys.readouterr().out
+    assert print_benchmark_rows(SimpleNamespace(args=PretrainArgs(post_norm_form="ln")), {"eval_loss": 7.4}) == []
