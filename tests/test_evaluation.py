@@ -58,7 +58,7 @@ def gpt_folder(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     config = DeepLNGPTConfig(
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=256, residual_norm="foundation_ln", initializer_range=0.3,
+        max_position_embeddings=256, residual_norm="foundation_ln", post_norm_form="ln", initializer_range=0.3,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
     DeepLNGPTForCausalLM(config).save_pretrained(folder)

@@ -73,7 +73,9 @@ def peer_config(config: DeepLNGPTConfig | DeepLNBertConfig) -> GPT2Config | Bert
 
 def _deepln(config: Any, scheme: str) -> Contestant:
     cls = DeepLNGPTForCausalLM if config.model_type == "deepln_gpt" else DeepLNBertForMaskedLM
-    scheme_config = type(config).from_dict({**config.to_dict(), "residual_norm": scheme})
+    # another scheme gets its plain form: the peers' equal-work schemes are plain pre_ln / post_ln
+    form = config.post_norm_form if scheme == config.residual_norm else "ln"
+    scheme_config = type(config).from_dict({**config.to_dict(), "residual_norm": scheme, "post_norm_form": form})
     def build():
         model = cls(scheme_config)
         if cls is DeepLNGPTForCausalLM:
