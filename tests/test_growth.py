@@ -30,12 +30,7 @@ from modeling_deepln.model import DeepLNBertConfig, DeepLNBertForMaskedLM, DeepL
 VOCAB, MASK = 64, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def bert(scheme="post_ln", layers=2, ffn=32, **extra) -> DeepLNBertForMaskedLM:
