@@ -24,21 +24,19 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
-from .model.configuration_deepln import DeepLNBertConfig, DeepLNGPTConfig
-from .model.modeling_deepln_bert import (
+from . import model as _model_api
+from .model import *  # noqa: F403  (the configs, models and schemes; their list is model.__all__)
+from .model import (
+    DeepLNBertConfig,
     DeepLNBertForMaskedLM,
     DeepLNBertForSequenceClassification,
     DeepLNBertModel,
-    DeepLNBertPreTrainedModel,
-)
-from .model.modeling_deepln_gpt import (
+    DeepLNGPTConfig,
     DeepLNGPTForCausalLM,
     DeepLNGPTForSequenceClassification,
     DeepLNGPTModel,
-    DeepLNGPTPreTrainedModel,
 )
 from .presets import PRESETS_DIR, available_presets, load_preset
-from .model.residual_deepln import RESIDUAL_SCHEMES, ResidualScheme, get_residual_scheme
 
 __version__ = "0.1.0"
 
@@ -108,21 +106,4 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
     sys.meta_path.append(_MovedModuleFinder())
 
-__all__ = [
-    "DeepLNBertConfig",
-    "DeepLNGPTConfig",
-    "DeepLNBertPreTrainedModel",
-    "DeepLNBertModel",
-    "DeepLNBertForMaskedLM",
-    "DeepLNBertForSequenceClassification",
-    "DeepLNGPTPreTrainedModel",
-    "DeepLNGPTModel",
-    "DeepLNGPTForCausalLM",
-    "DeepLNGPTForSequenceClassification",
-    "RESIDUAL_SCHEMES",
-    "ResidualScheme",
-    "get_residual_scheme",
-    "PRESETS_DIR",
-    "available_presets",
-    "load_preset",
-]
+__all__ = [*_model_api.__all__, "PRESETS_DIR", "available_presets", "load_preset"]
