@@ -1,6 +1,7 @@
 """Every fast path equals the plain path (fp32, tight tolerances), and the benchmark tools run.
 
 * fused LM head + cross-entropy == ``lm_head`` then transformers' ``ForCausalLMLoss`` (loss and gradients);
+* BERT's masked-positions-only MLM head == the dense head (loss and gradients);
 * ``torch.compile(model)`` compiles one block for all layers and gives the eager loss and gradients; the same
   through ``TrainingArguments(torch_compile=True)``;
 * ``cache_implementation="static"`` generates the dynamic cache's greedy tokens, with and without compile;
@@ -20,7 +21,7 @@ import pytest
 import torch
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from modeling_deepln import DeepLNGPTForCausalLM, load_preset
+from modeling_deepln import DeepLNBertForMaskedLM, DeepLNGPTForCausalLM, load_preset
 from modeling_deepln.model.layers_deepln import linear_cross_entropy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +71,39 @@ def test_gpt_training_loss_uses_fused_head_and_matches_plain_path():
     torch.testing.assert_close(fused.loss, plain.loss, rtol=1e-6, atol=1e-6)
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, plain_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_bert_sparse_mlm_loss_matches_dense_head():
+    """The masked-positions-only MLM head gives the dense path's loss and gradients (Trainer's
+    ``num_items_in_batch`` included), and returns no logits."""
+    torch.manual_seed(0)
+    config = load_preset(
+        "bert-1k", num_hidden_layers=2, vocab_size=97, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    model = DeepLNBertForMaskedLM(config)
+    ids = torch.randint(5, 97, (2, 9))
+    labels = torch.full_like(ids, -100)
+    labels[0, [1, 4]], labels[1, 7] = ids[0, [1, 4]], ids[1, 7]
+    for num_items in (None, 5):
+        kwargs = {} if num_items is None else {"num_items_in_batch": num_items}
+        model.train()
+        model.zero_grad()
+        dense = model(ids, labels=labels, **kwargs)
+        dense.loss.backward()
+        dense_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        model.sparse_mlm_loss = True
+        sparse = model(ids, labels=labels, **kwargs)
+        sparse.loss.backward()
+        model.sparse_mlm_loss = False
+        assert sparse.logits is None and dense.logits.shape == (2, 9, 97)
+        torch.testing.assert_close(sparse.loss, dense.loss, rtol=1e-6, atol=1e-6)
+        for name, param in model.named_parameters():
+            torch.testing.assert_close(param.grad, dense_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+    model.sparse_mlm_loss = True
+    model.eval()  # evaluation keeps the logits (metrics, pipelines)
+    assert model(ids, labels=labels).logits.shape == (2, 9, 97)
 
 
 def _compile_counters():

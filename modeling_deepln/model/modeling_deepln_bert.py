@@ -162,9 +162,17 @@ class DeepLNBertLMHead(LMHeadTransform):
 
 
 class DeepLNBertForMaskedLM(DeepLNBertPreTrainedModel):
-    """:class:`DeepLNBertModel` (without pooler) with BERT's masked-language-modeling head."""
+    """:class:`DeepLNBertModel` (without pooler) with BERT's masked-language-modeling head.
+
+    ``sparse_mlm_loss`` (an instance attribute, off by default, not saved): when on, a training forward with labels
+    runs the head only on the masked positions (``labels != -100``) and returns ``logits=None``: the "sparse
+    prediction" of Cramming (Geiping & Goldstein 2022, arXiv 2212.14034) and ModernBERT. The loss and its gradients
+    are those of the dense path; the head's work shrinks to the masking rate. ``deepln pretrain`` turns it on for
+    its own run.
+    """
 
     _tied_weights_keys = {"lm_head.decoder.weight": "bert.embeddings.word_embeddings.weight"}
+    sparse_mlm_loss = False
 
     def __init__(self, config: DeepLNBertConfig):
         super().__init__(config)
@@ -210,10 +218,16 @@ class DeepLNBertForMaskedLM(DeepLNBertPreTrainedModel):
             return_dict=True,
             **kwargs,
         )
-        logits = self.lm_head(outputs.last_hidden_state)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)
+        hidden_states, logits, loss = outputs.last_hidden_state, None, None
+        if labels is not None and self.sparse_mlm_loss and self.training and torch.is_grad_enabled():
+            labels = labels.to(hidden_states.device)
+            masked = labels != -100
+            masked_logits = self.lm_head(hidden_states[masked])
+            loss = self.loss_function(masked_logits, labels[masked], vocab_size=self.config.vocab_size, **loss_kwargs)
+        else:
+            logits = self.lm_head(hidden_states)
+            if labels is not None:
+                loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)
         output = MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )

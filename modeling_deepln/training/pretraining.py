@@ -271,6 +271,8 @@ def build_lm_model(run: PretrainRun) -> torch.nn.Module:
     run.model = auto_class.from_config(config)
     if run.family == "gpt":  # chunked LM head + loss in training (no [tokens, vocab] logits); not saved
         run.model.fused_lm_loss = True
+    else:  # the MLM head only on the masked positions in training; not saved
+        run.model.sparse_mlm_loss = True
     return run.model
 
 

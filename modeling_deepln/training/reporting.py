@@ -56,7 +56,7 @@ def report_pretraining(run: Any, metrics: dict[str, float], tokens: int) -> None
         dataset_name=dataset_desc,
         dataset_id=a.data if isinstance(a.data, str) and not Path(a.data).exists() else None,
         training={
-            "objective": "masked LM (15% masking)" if run.family == "bert" else "causal LM",
+            "objective": f"masked LM ({a.mlm_probability:.0%} masking)" if run.family == "bert" else "causal LM",
             "steps": run.trainer.state.global_step,
             "sequence length": a.seq_len,
             "global batch": f"{a.batch_size} x {a.grad_accum}",
