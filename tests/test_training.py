@@ -142,6 +142,29 @@ def test_pretrain_bert_end_to_end(bert_run):
     assert "fill-mask" in (bert_run / "README.md").read_text()
 
 
+def test_bert_held_out_blocks_are_masked_once_at_the_eval_rate(bert_run):
+    """The held-out set is masked once (fixed seed, 15 %), whatever the training rate: repeated evaluations score
+    the same positions, and the training collator passes those rows through unchanged."""
+    from transformers import AutoTokenizer
+
+    from modeling_deepln.training.pretraining import MaskedLMCollator, mask_once
+
+    tokenizer = AutoTokenizer.from_pretrained(bert_run)
+    blocks = {"input_ids": [tokenizer(f"word{i} " * 60)["input_ids"][:64] for i in range(40)]}
+    first, again = mask_once(blocks, tokenizer, 0.15, seed=3), mask_once(blocks, tokenizer, 0.15, seed=3)
+    assert first["labels"] == again["labels"] and first["input_ids"] == again["input_ids"]
+    assert first["labels"] != mask_once(blocks, tokenizer, 0.15, seed=4)["labels"]
+    labels = torch.tensor(first["labels"])
+    maskable = ~torch.isin(torch.tensor(blocks["input_ids"]), torch.tensor(tokenizer.all_special_ids))
+    assert 0.12 < (labels != -100).sum() / maskable.sum() < 0.18  # 15 % of the maskable tokens
+    assert torch.equal(labels[labels != -100], torch.tensor(blocks["input_ids"])[labels != -100])
+    collator = MaskedLMCollator(tokenizer, mlm_probability=0.9)
+    batch = collator([first[i] for i in range(4)])
+    assert torch.equal(batch["labels"], labels[:4]) and batch["input_ids"].tolist() == first["input_ids"][:4]
+    fresh = collator([{"input_ids": ids} for ids in blocks["input_ids"][:4]])  # training rows: masked at 90 %
+    assert (fresh["labels"] != -100).float().mean() > 0.7
+
+
 def test_pretrain_embedded_corpus_and_tensorboard(tmp_path, capsys, monkeypatch):
     """No --data: the embedded corpus; default report_to writes TensorBoard event files into the output folder."""
     monkeypatch.chdir(tmp_path)
@@ -332,6 +355,12 @@ def test_error_finetune_wrong_columns(capsys, tmp_path, gpt_run):
     argv = ["finetune", "--model", str(gpt_run), "--train-file", str(train), "--validation-file", str(val),
             "--text-columns", "sentence1,sentence2", "--output-dir", str(tmp_path / "o")]  # fmt: skip
     _expect_error(capsys, argv, "sentence1")
+
+
+@pytest.mark.parametrize("flag", ["--mlm-probability", "--eval-mlm-probability"])
+def test_error_masking_rate_out_of_range(capsys, tmp_path, flag):
+    argv = ["pretrain", "--preset", "bert-deep-small", *TINY, flag, "1.5", "--output-dir", str(tmp_path / "o")]
+    _expect_error(capsys, argv, "between 0 and 1")
 
 
 def test_error_bad_argument_value(capsys):

@@ -141,19 +141,9 @@ def _pretrain_args(b: GrowBenchArgs, name: str, grow: str | None):
     )  # fmt: skip
 
 
-def _fixed_mask_eval(run) -> None:
-    """Mask the evaluation blocks once (seed 0) and let the collator pass pre-masked rows through."""
-    from datasets import Dataset
-    from transformers import default_data_collator
-
-    from .pretrain_growth import probe_batch
-
-    masking = run.trainer.data_collator
-    batch = probe_batch(run.eval_dataset, masking, examples=len(run.eval_dataset))
-    rows = [{k: v[i].tolist() for k, v in batch.items()} for i in range(len(run.eval_dataset))]
-    run.trainer.eval_dataset = Dataset.from_list(rows)
-    run.trainer.data_collator = lambda rows: default_data_collator(rows) if "labels" in rows[0] else masking(rows)
-    return batch["labels"]
+def _masked_eval_labels(run) -> torch.Tensor:
+    """The labels of the held-out blocks, which ``build_lm_trainer`` masked once with a fixed seed."""
+    return torch.tensor(run.trainer.eval_dataset["labels"])
 
 
 def _train(b: GrowBenchArgs, name: str, grow: str | None, data: tuple | None) -> tuple[list[dict], tuple, str]:
@@ -173,7 +163,7 @@ def _train(b: GrowBenchArgs, name: str, grow: str | None, data: tuple | None) ->
     run.extra_callbacks.append(clock)
     steps.build_lm_trainer(run)
     run.trainer.remove_callback(PrinterCallback)  # the table is the output, not one dict per log
-    labels = _fixed_mask_eval(run)
+    labels = _masked_eval_labels(run)
     print(f"[grow-bench] training {name} ({b.steps} steps)", flush=True)
     run.trainer.train()
     shape = f"{run.model.config.num_hidden_layers} layers, FFN {run.model.config.intermediate_size}"

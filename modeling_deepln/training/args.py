@@ -96,7 +96,10 @@ class PretrainArgs:
     """``torch.compile`` the model (``TrainingArguments(torch_compile=True)``): deepln compiles one block and
     reuses it for every layer, so compile time does not grow with depth."""
     mlm_probability: float | None = None
-    """Masking rate of the BERT family's masked-LM objective."""
+    """Masking rate of the BERT family's masked-LM objective in training."""
+    eval_mlm_probability: float = 0.15
+    """Masking rate of the held-out blocks, masked once with ``seed`` so that every evaluation scores the same
+    positions (BERT's 15 % by default, comparable across training rates)."""
     seed: int = 42
     """Seed of initialisation, data order and masking."""
     output_dir: str | None = None

@@ -174,6 +174,13 @@ def check_positive(**values: Any) -> None:
 
 
 
+def check_probability(**values: Any) -> None:
+    """Rates such as ``--mlm-probability`` must lie strictly between 0 and 1 (``None``: not used)."""
+    for name, value in values.items():
+        if value is not None and not 0.0 < value < 1.0:
+            raise DeepLNInputError(f"--{name.replace('_', '-')} must be between 0 and 1 (exclusive), got {value}.")
+
+
 def resume_checkpoint(resume: bool | str, output_dir: Path, is_main: bool) -> str | None:
     if not resume:
         return None

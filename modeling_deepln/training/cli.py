@@ -88,6 +88,7 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     add_option(parser, docs, "--tokenizer", "tokenizer", metavar="NAME_OR_DIR")
     add_option(parser, docs, "--seq-len", "seq_len", type=int, metavar="N")
     add_option(parser, docs, "--mlm-probability", "mlm_probability", type=float, metavar="P")
+    add_option(parser, docs, "--eval-mlm-probability", "eval_mlm_probability", type=float, metavar="P")
     add_optimisation_arguments(parser, docs)
     add_option(parser, docs, "--grow", "grow", metavar="SCHEDULE")
     add_option(parser, docs, "--num-samples", "num_samples", type=int, metavar="N")

@@ -35,6 +35,7 @@ from .checks import (
     check_output_dir,
     check_positive,
     check_precision,
+    check_probability,
     check_preset,
     clear_output_dir,
     config_overrides,
@@ -160,6 +161,8 @@ def plan_pretrain(args: PretrainArgs) -> PretrainRun:
             raise DeepLNInputError(f"Recipe of {a.preset!r} says objective {objective!r} but the model is {family}.")
         check_positive(seq_len=a.seq_len, grad_accum=a.grad_accum, lr=a.lr, max_minutes=a.max_minutes)
         check_positive(monitor_every=a.monitor_every)
+        if family == "bert":
+            check_probability(mlm_probability=a.mlm_probability, eval_mlm_probability=a.eval_mlm_probability)
         check_precision(a.precision, resolve_use_cpu(a.use_cpu))
         if a.seq_len > config.max_position_embeddings:
             config.max_position_embeddings = a.seq_len
@@ -289,20 +292,49 @@ def causal_lm_collator(features: list[dict[str, Any]]) -> dict[str, torch.Tensor
     return batch
 
 
+class MaskedLMCollator:
+    """Masks training blocks with ``DataCollatorForLanguageModeling`` (BERT's 80/10/10 rule) at the training rate;
+    rows that arrive masked already (with ``labels``: the held-out set, see :func:`mask_once`) are only stacked."""
+
+    def __init__(self, tokenizer: Any, mlm_probability: float):
+        from transformers import DataCollatorForLanguageModeling
+
+        self.masking = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        from transformers import default_data_collator
+
+        return default_data_collator(rows) if "labels" in rows[0] else self.masking(rows)
+
+
+def mask_once(blocks: Any, tokenizer: Any, mlm_probability: float, seed: int) -> Any:
+    """The held-out blocks masked once, with a fixed seed: every evaluation (before, during, after training, and a
+    resumed run's) scores the same positions, so the numbers differ only by the model."""
+    from datasets import Dataset
+
+    rows = [{"input_ids": ids} for ids in blocks["input_ids"]]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        batch = MaskedLMCollator(tokenizer, mlm_probability).masking(rows)
+    return Dataset.from_dict({key: value.tolist() for key, value in batch.items()})
+
+
 def build_lm_trainer(run: PretrainRun):
-    """Step 4: the ``Trainer`` with the MLM / CLM collator, the NaN guard, the time limit and ``extra_callbacks``."""
-    from transformers import DataCollatorForLanguageModeling, Trainer
+    """Step 4: the ``Trainer`` with the MLM / CLM collator, the NaN guard, the time limit and ``extra_callbacks``.
+    A masked LM is evaluated on the held-out blocks masked once (:func:`mask_once`)."""
+    from transformers import Trainer
 
     a = run.args
     if run.family == "bert":
-        collator = DataCollatorForLanguageModeling(run.tokenizer, mlm=True, mlm_probability=a.mlm_probability)
+        collator = MaskedLMCollator(run.tokenizer, a.mlm_probability)
+        eval_dataset = mask_once(run.eval_dataset, run.tokenizer, a.eval_mlm_probability, a.seed)
     else:
-        collator = causal_lm_collator
+        collator, eval_dataset = causal_lm_collator, run.eval_dataset
     run.trainer = Trainer(
         model=run.model,
         args=run.training_args,
         train_dataset=run.train_dataset,
-        eval_dataset=run.eval_dataset,
+        eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=run.tokenizer,
         callbacks=run_callbacks(a, str(run.output_dir), run.model) + list(run.extra_callbacks),
