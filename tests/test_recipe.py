@@ -26,16 +26,28 @@ def parse_pretrain(argv: list[str]) -> PretrainArgs:
     return PretrainArgs(**values)
 
 
-@pytest.mark.parametrize("preset", ["gpt-deep-small", "bert-deep-small"])
-def test_default_runs_resolve_to_the_measured_scheme_and_recipe(preset):
-    """`deepln pretrain` (and `--preset bert-deep-small`): 48 layers, FoundationLayerNorm in the α·s + LN(s) form,
-    lr 2e-3 with 10 % warmup for 300 steps (methods.md §5.1), bounded by the time limit."""
-    a, recipe = resolve_pretrain_args(PretrainArgs() if preset == "gpt-deep-small" else PretrainArgs(preset=preset))
+def test_default_run_resolves_to_the_measured_scheme_and_recipe():
+    """`deepln pretrain`: 48 layers, FoundationLayerNorm in the α·s + LN(s) form, lr 2e-3 with 10 % warmup for 300
+    steps (methods.md §5.1), bounded by the time limit."""
+    a, recipe = resolve_pretrain_args(PretrainArgs())
     config = build_config(a.preset, config_overrides(a))
     assert (config.num_hidden_layers, config.residual_norm, config.post_norm_form) == (48, "foundation_ln", "alpha_plus_ln")
     assert (a.lr, a.warmup_ratio, a.max_steps, a.lr_schedule, a.batch_size, a.seq_len) == (2e-3, 0.1, 300, "cosine", 16, 128)
     assert a.max_minutes <= 8.0
     assert config.residual_scheme.alpha(config) == 0.974
+
+
+def test_bert_main_job_resolves_to_the_measured_recipe():
+    """`deepln pretrain --preset bert-deep-small`: 48-layer Pre-LN BERT (FoundationLayerNorm's α·s + LN(s) diverges
+    there), 40 % masking scored on held-out blocks masked at 15 %, no dropout, sinusoidal initial positions, 600
+    steps of lr 2e-3 with 10 % warmup, bounded by the time limit."""
+    a, recipe = resolve_pretrain_args(PretrainArgs(preset="bert-deep-small"))
+    config = build_config(a.preset, config_overrides(a))
+    assert (config.num_hidden_layers, config.residual_norm, config.position_embedding_init) == (48, "pre_ln", "sinusoidal")
+    assert config.hidden_dropout_prob == config.attention_probs_dropout_prob == 0.0
+    assert (a.mlm_probability, a.eval_mlm_probability) == (0.4, 0.15)
+    assert (a.lr, a.warmup_ratio, a.max_steps, a.lr_schedule, a.batch_size, a.seq_len) == (2e-3, 0.1, 600, "cosine", 16, 128)
+    assert a.max_minutes <= 9.0
 
 
 def test_default_block_computes_alpha_s_plus_ln_s():

@@ -53,8 +53,8 @@ class GrowBenchArgs:
     """FFN size of the full model."""
     vocab_size: int = 4096
     """Vocabulary of the tokenizer trained on the corpus."""
-    residual_norm: str | None = None
-    """Residual scheme (default: the bert-deep-small preset's, upscale_ln)."""
+    residual_norm: str | None = "upscale_ln"
+    """Residual scheme (default: Upscale LN, the FoundationLayerNorm paper's BERT scheme)."""
     seq_len: int = 64
     """Tokens per block."""
     batch_size: int = 16

@@ -16,6 +16,7 @@ from transformers import PretrainedConfig
 from .residual_deepln import POST_NORM_FORMS, RESIDUAL_SCHEMES, get_residual_scheme
 
 HEAD_SCALE_POSITIONS = ("before_out_proj", "after_out_proj")
+POSITION_EMBEDDING_INITS = ("normal", "sinusoidal")
 
 _BERT_AUTO_MAP = {
     "AutoConfig": "configuration_deepln.DeepLNBertConfig",
@@ -36,6 +37,7 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "hidden_dropout_prob": 0.1,
     "attention_probs_dropout_prob": 0.1,
     "initializer_range": 0.02,
+    "position_embedding_init": "normal",
     "residual_alpha": None,
     "residual_beta": None,
     "post_norm_form": None,
@@ -150,6 +152,11 @@ class _DeepLNConfig(PretrainedConfig):
                 f"upscale_ln, foundation_ln); residual_norm={self.residual_norm!r} normalises before the sublayer. "
                 "Use post_norm_form='ln' (or None)."
             )
+        if self.position_embedding_init not in POSITION_EMBEDDING_INITS:
+            raise ValueError(
+                f"{name}.position_embedding_init must be one of {POSITION_EMBEDDING_INITS}, "
+                f"got {self.position_embedding_init!r}."
+            )
         if self.normformer_head_scale_position not in HEAD_SCALE_POSITIONS:
             raise ValueError(
                 f"{name}.normformer_head_scale_position must be one of {HEAD_SCALE_POSITIONS}, "
@@ -198,6 +205,11 @@ class DeepLNBertConfig(_DeepLNConfig):
         hidden_dropout_prob, attention_probs_dropout_prob: dropout on sublayer outputs / attention probs.
         classifier_dropout: dropout before the sequence-classification head (``None``: ``hidden_dropout_prob``).
         layer_norm_eps, initializer_range: LayerNorm epsilon and the std of the standard ``N(0, σ)`` init.
+        position_embedding_init: init of the learned position embeddings: ``"normal"`` (BERT/GPT-2: ``N(0, σ)``)
+            or ``"sinusoidal"`` (Vaswani et al. 2017 §3.5, ``PE(p, 2i) = sin(p / 10000^(2i/d))``,
+            ``PE(p, 2i+1) = cos(...)``, times σ; still trained). Only the start differs: with sinusoids an offset
+            between positions is a linear map of the embedding, which attention can pick up at once; measured to
+            help a masked LM learn from its neighbours in a short run (README, "Depth stability").
         residual_norm: the scheme: ``post_ln`` (default, BERT), ``pre_ln``, ``deepnorm``, ``upscale_ln``,
             ``foundation_ln`` or ``normformer``.
         residual_alpha: override the scheme's residual multiplier α (``None``: the scheme's formula).

@@ -38,9 +38,28 @@ BETA_ROLES = (VALUE, ATTN_OUT, FFN_IN, FFN_OUT)  # DeepNorm's β targets (not qu
 OUTPUT_ROLES = (ATTN_OUT, FFN_OUT)  # residual-branch output projections (GPT-2 scaled init)
 
 
-def _tag(linear: nn.Linear, role: str) -> nn.Linear:
-    linear._deepln_role = role
-    return linear
+POSITION = "position"  # the learned position embeddings (init: config.position_embedding_init)
+
+
+def _tag(module: nn.Module, role: str) -> nn.Module:
+    module._deepln_role = role
+    return module
+
+
+def position_embeddings(config: _DeepLNConfig) -> nn.Embedding:
+    """The learned absolute position embeddings, tagged for :meth:`DeepLNPreTrainedModel._init_weights`."""
+    return _tag(nn.Embedding(config.max_position_embeddings, config.hidden_size), POSITION)
+
+
+def sinusoidal_positions(num_positions: int, dim: int, amplitude: float = 1.0) -> torch.Tensor:
+    """Vaswani et al. 2017 §3.5: ``PE(p, 2i) = sin(p / 10000^(2i/d))``, ``PE(p, 2i+1) = cos(p / 10000^(2i/d))``,
+    times ``amplitude``; ``[num_positions, dim]``."""
+    positions = torch.arange(num_positions, dtype=torch.float32)[:, None]
+    frequencies = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(num_positions, dim)
+    table[:, 0::2] = torch.sin(positions * frequencies)
+    table[:, 1::2] = torch.cos(positions * frequencies[: dim // 2])
+    return table * amplitude
 
 
 def eager_attention_forward(
@@ -503,6 +522,11 @@ class DeepLNPreTrainedModel(PreTrainedModel):
                 init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding) and getattr(module, "_deepln_role", None) == POSITION and (
+            config.position_embedding_init == "sinusoidal"
+        ):
+            table = sinusoidal_positions(*module.weight.shape, amplitude=std)
+            init.copy_(module.weight, table.to(device=module.weight.device, dtype=module.weight.dtype))
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):

@@ -29,6 +29,7 @@ from .layers_deepln import (
     check_input_ids,
     check_sequence_length,
     pop_loss_kwargs,
+    position_embeddings,
     run_blocks,
 )
 
@@ -43,7 +44,7 @@ class DeepLNBertEmbeddings(nn.Module):
     def __init__(self, config: DeepLNBertConfig):
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.position_embeddings = position_embeddings(config)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)

@@ -32,9 +32,10 @@ from .layers_deepln import (
     build_blocks,
     check_input_ids,
     check_sequence_length,
-    pop_loss_kwargs,
     keep_last_positions,
     linear_cross_entropy,
+    pop_loss_kwargs,
+    position_embeddings,
     run_blocks,
 )
 
@@ -52,7 +53,7 @@ class DeepLNGPTModel(DeepLNGPTPreTrainedModel):
     def __init__(self, config: DeepLNGPTConfig):
         super().__init__(config)
         self.token_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.position_embeddings = position_embeddings(config)
         dropout = config.embedding_dropout_prob
         self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.layers = build_blocks(config, is_causal=True)
