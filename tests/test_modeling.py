@@ -427,9 +427,9 @@ def test_gpt_1k_preset_matches_paper():
 def test_small_presets_are_deep_and_use_the_measured_schemes(name):
     config = load_preset(name)
     assert config.num_hidden_layers >= 48 and config.hidden_size <= 64
-    # the schemes measured to learn at 48 layers in the embedded run (issue 9; test_recipe.py): GPT, FoundationLayerNorm
-    # in the author's-module form; BERT, Pre-LN (that form diverges in the masked LM)
-    want = ("pre_ln", "ln") if name.startswith("bert") else ("foundation_ln", "alpha_plus_ln")
+    # the schemes measured to learn at 48 layers in the embedded runs (issue 9; test_recipe.py): GPT, FoundationLayerNorm
+    # in the author's-module form; BERT, the paper's Upscale LN (that form diverges in the masked LM)
+    want = ("upscale_ln", "ln") if name.startswith("bert") else ("foundation_ln", "alpha_plus_ln")
     assert (config.residual_norm, config.post_norm_form) == want
 
 

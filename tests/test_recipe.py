@@ -38,14 +38,15 @@ def test_default_run_resolves_to_the_measured_scheme_and_recipe():
 
 
 def test_bert_main_job_resolves_to_the_measured_recipe():
-    """`deepln pretrain --preset bert-deep-small`: 48-layer Pre-LN BERT (FoundationLayerNorm's α·s + LN(s) diverges
-    there), 40 % masking scored on held-out blocks masked at 15 %, no dropout, sinusoidal initial positions, 600
-    steps of lr 2e-3 with 10 % warmup, bounded by the time limit."""
+    """`deepln pretrain --preset bert-deep-small`: 48-layer Upscale-LN BERT, the paper's BERT scheme (with this recipe
+    it learns as well as Pre-LN; FoundationLayerNorm's α·s + LN(s) diverges there), 60 % masking scored on held-out blocks masked at 15 %, no dropout, sinusoidal initial positions, a
+    600-step schedule of lr 2e-3 with 10 % warmup that the time limit ends on a 2-core CPU."""
     a, recipe = resolve_pretrain_args(PretrainArgs(preset="bert-deep-small"))
     config = build_config(a.preset, config_overrides(a))
-    assert (config.num_hidden_layers, config.residual_norm, config.position_embedding_init) == (48, "pre_ln", "sinusoidal")
+    assert (config.num_hidden_layers, config.residual_norm, config.position_embedding_init) == (48, "upscale_ln", "sinusoidal")
+    assert (config.post_norm_form, config.residual_scheme.alpha(config)) == ("ln", 96**0.25)
     assert config.hidden_dropout_prob == config.attention_probs_dropout_prob == 0.0
-    assert (a.mlm_probability, a.eval_mlm_probability) == (0.4, 0.15)
+    assert (a.mlm_probability, a.eval_mlm_probability) == (0.6, 0.15)
     assert (a.lr, a.warmup_ratio, a.max_steps, a.lr_schedule, a.batch_size, a.seq_len) == (2e-3, 0.1, 600, "cosine", 16, 128)
     assert a.max_minutes <= 9.0
 
@@ -113,3 +114,7 @@ def test_benchmark_rows_name_a_flag_that_switches_the_default_scheme(capsys):
     lines = print_benchmark_rows(run, {"eval_loss": 6.5})
     assert lines and "--post-norm-form ln" in capsys.readouterr().out
     assert print_benchmark_rows(SimpleNamespace(args=PretrainArgs(post_norm_form="ln")), {"eval_loss": 7.4}) == []
+    bert = print_benchmark_rows(SimpleNamespace(args=PretrainArgs(preset="bert-deep-small")), {"eval_loss": 7.3})
+    printed = capsys.readouterr().out
+    assert len(bert) == 2 and "--residual-norm foundation_ln" in printed and "--residual-norm pre_ln" in printed
+    assert "stopped after 102 steps" in printed  # the diverged run has no held-out loss to print

@@ -96,11 +96,12 @@ def print_benchmark_rows(run: Any, metrics: dict[str, float]) -> list[str]:
         return []
     lines = []
     for row in load_benchmark_rows(a.preset):
-        unigram = row.get("unigram_loss")
+        unigram, loss = row.get("unigram_loss"), row.get("eval_loss")
         versus = f" against the unigram model's {unigram:.2f}" if unigram is not None else ""
+        reached = f"reached held-out loss {loss:.2f}{versus} in" if loss is not None else "stopped after"
         lines.append(
-            f"[deepln] stored benchmark: {row['label']} ({row['flag']}) reached held-out loss {row['eval_loss']:.2f}"
-            f"{versus} in {row['steps']} steps ({row['outcome']}); this run: {metrics['eval_loss']:.2f}. "
+            f"[deepln] stored benchmark: {row['label']} ({row['flag']}) {reached} {row['steps']} steps "
+            f"({row['outcome']}); this run: {metrics['eval_loss']:.2f}. "
             f"Measured with `{row['command']}` ({row['machine']})."
         )
     for line in lines:
