@@ -209,7 +209,7 @@ class DeepLNBertConfig(_DeepLNConfig):
             or ``"sinusoidal"`` (Vaswani et al. 2017 §3.5, ``PE(p, 2i) = sin(p / 10000^(2i/d))``,
             ``PE(p, 2i+1) = cos(...)``, times σ; still trained). Only the start differs: with sinusoids an offset
             between positions is a linear map of the embedding, which attention can pick up at once; measured to
-            help a masked LM learn from its neighbours in a short run (README, "Depth stability").
+            help a masked LM learn from its neighbours in a short run (README, "The BERT main job").
         residual_norm: the scheme: ``post_ln`` (default, BERT), ``pre_ln``, ``deepnorm``, ``upscale_ln``,
             ``foundation_ln`` or ``normformer``.
         residual_alpha: override the scheme's residual multiplier α (``None``: the scheme's formula).

@@ -173,7 +173,6 @@ def check_positive(**values: Any) -> None:
             raise DeepLNInputError(f"--{name.replace('_', '-')} must be positive, got {value}.")
 
 
-
 def check_probability(**values: Any) -> None:
     """Rates such as ``--mlm-probability`` must lie strictly between 0 and 1 (``None``: not used)."""
     for name, value in values.items():
