@@ -198,15 +198,15 @@ def test_classify_rules():
     assert classify(losses + tail, 1.2, 3.44, 0.5, [], 32) == ("learning", 6)
 
 
-def test_unigram_loss_matches_the_training_metric():
-    """The grid's unigram loss for GPT equals log of training.metrics.unigram_perplexity on the same blocks."""
-    from modeling_deepln.stability.grid import unigram_loss
-    from modeling_deepln.training.metrics import unigram_perplexity
+def test_every_command_uses_the_one_unigram_reference():
+    """The grid, grow-bench and pretrain's report compare with training.metrics.unigram_loss (one definition)."""
+    from modeling_deepln.growth import bench
+    from modeling_deepln.stability import grid
+    from modeling_deepln.training import metrics, pretraining
 
-    generator = torch.Generator().manual_seed(4)
-    train, held_out = torch.randint(0, 50, (20, 9), generator=generator), torch.randint(0, 50, (4, 9), generator=generator)
-    expected = math.log(unigram_perplexity(train.numpy(), held_out.numpy(), 60))
-    assert unigram_loss(train, held_out[:, 1:], 60) == pytest.approx(expected, rel=1e-9)
+    assert grid.unigram_loss is bench.unigram_loss is metrics.unigram_loss
+    assert pretraining.unigram_perplexity is metrics.unigram_perplexity
+    assert pretraining.masked_unigram_perplexity is metrics.masked_unigram_perplexity
 
 
 def test_deepnet_bound_trend_on_small_depths():

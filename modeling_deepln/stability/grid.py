@@ -16,8 +16,10 @@ Each cell ends in one failure mode (:func:`classify`), with the step it showed:
 * ``stalled``: not below the unigram loss, positions distinct: on the plateau or still above it (step: the first
   training loss within ``margin`` of the unigram loss; none when it never got there).
 
-The unigram loss is the add-one-smoothed unigram model of the training tokens scored on the same held-out targets
-(next tokens for GPT, masked tokens for BERT): what a model that learned only token frequencies reaches.
+The unigram loss is :func:`modeling_deepln.training.metrics.unigram_loss` (the one reference every deepln command
+uses): the add-one-smoothed unigram model of the training tokens, special tokens excluded, scored on the same
+held-out targets (next tokens for GPT, masked tokens for BERT): what a model that learned only token frequencies
+reaches.
 Tokenizer and packed blocks are built once per (family, vocabulary, block length) and cached under
 ``$DEEPLN_CACHE/stability``.
 """
@@ -32,6 +34,8 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
+
+from ..training.metrics import unigram_loss, unigram_special_ids
 
 __all__ = ["GridSettings", "Cell", "GridData", "prepare_grid_data", "unigram_loss", "classify", "train_cell", "run_grid"]
 
@@ -104,14 +108,6 @@ def split_scheme(scheme: str) -> dict[str, str]:
     return {"residual_norm": name, **({"post_norm_form": form} if form else {})}
 
 
-def unigram_loss(train_ids: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> float:
-    """Mean ``-log p(target)`` under the add-one-smoothed unigram model of ``train_ids`` (targets ``-100`` skipped)."""
-    counts = torch.bincount(train_ids.reshape(-1), minlength=vocab_size).double() + 1.0
-    log_probs = (counts / counts.sum()).log()
-    targets = targets.reshape(-1)
-    return float(-log_probs[targets[targets != -100]].mean())
-
-
 def _blocks(family: str, settings: GridSettings) -> tuple[Any, torch.Tensor, torch.Tensor]:
     """Tokenizer, train and validation blocks ``[n, seq_len]`` of the embedded corpus (cached)."""
     from datasets import DatasetDict
@@ -166,7 +162,8 @@ def prepare_grid_data(family: str, settings: GridSettings) -> GridData:
         targets = torch.cat([batch["labels"][:, 1:] for batch in batches])
     else:
         targets = torch.cat([batch["labels"] for batch in batches])
-    return GridData(family, tokenizer, train, batches, unigram_loss(train, targets, settings.vocab_size))
+    special = unigram_special_ids(tokenizer, family)
+    return GridData(family, tokenizer, train, batches, unigram_loss(train, targets, settings.vocab_size, special))
 
 
 class _Blocks(torch.utils.data.Dataset):

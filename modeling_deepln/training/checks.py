@@ -139,7 +139,7 @@ def config_overrides(a: PretrainArgs | FinetuneArgs) -> dict[str, Any]:
     if a.vocab_size is not None:
         overrides["vocab_size"] = a.vocab_size
     for key, value in overrides.items():
-        if isinstance(value, int) and value < 1:
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
             raise DeepLNInputError(f"{key} must be a positive integer, got {value}.")
     return overrides
 
