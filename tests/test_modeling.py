@@ -94,15 +94,12 @@ def test_alpha_and_beta_overrides_reach_the_blocks():
     assert config.residual_scheme.beta(config) == 0.25
 
 
-def test_final_norm_for_pre_ln_family_and_the_alpha_plus_ln_form():
+def test_final_norm_by_default_only_for_pre_ln_family():
     for name in SCHEMES:
         for make, model_class in ((tiny_gpt, DeepLNGPTModel), (tiny_bert, DeepLNBertModel)):
             model = model_class(make(residual_norm=name))
-            # foundation_ln defaults to the α·s + LN(s) form, whose last hidden state is not normalised
-            assert (model.final_norm is not None) == (name in ("pre_ln", "normformer", "foundation_ln")), name
+            assert (model.final_norm is not None) == (name in ("pre_ln", "normformer")), name
             assert model.config.final_layer_norm == (model.final_norm is not None)
-    assert DeepLNGPTModel(tiny_gpt(residual_norm="foundation_ln", post_norm_form="ln")).final_norm is None
-    assert DeepLNGPTModel(tiny_gpt(residual_norm="deepnorm", post_norm_form="alpha_plus_ln")).final_norm is not None
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -151,25 +148,21 @@ def _stream_before_final_norm(model, ids):
 
 def test_final_layer_norm_of_configs_saved_before_the_field(tmp_path):
     """A config.json written before final_layer_norm existed (it has transformers_version) loads as trained."""
-    for form, want in (("alpha_plus_ln", False), ("ln", False)):
-        config = tiny_gpt(residual_norm="foundation_ln", post_norm_form=form)
+    for scheme, form, want in (("foundation_ln", "alpha_plus_ln", False), ("foundation_ln", "ln", False),
+                               ("pre_ln", "ln", True)):  # fmt: skip
+        config = tiny_gpt(residual_norm=scheme, post_norm_form=form, final_layer_norm=not want)
         config.save_pretrained(tmp_path)
         saved = json.loads((tmp_path / "config.json").read_text())
-        assert "transformers_version" in saved and saved["final_layer_norm"] is (form == "alpha_plus_ln")
+        assert "transformers_version" in saved and saved["final_layer_norm"] is (not want)  # stored explicitly
         del saved["final_layer_norm"]
         (tmp_path / "config.json").write_text(json.dumps(saved))
         old = DeepLNGPTConfig.from_pretrained(tmp_path)
         assert old.final_layer_norm is want and old.post_norm_form == form
-        assert DeepLNGPTModel(old).final_norm is None
-    saved["residual_norm"], saved["post_norm_form"] = "pre_ln", "ln"
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    assert DeepLNGPTConfig.from_pretrained(tmp_path).final_layer_norm is True
-    # an explicit None (a new config, or a scheme switched on a saved one) asks for the scheme's default
-    fields = {**saved, "residual_norm": "foundation_ln", "post_norm_form": "alpha_plus_ln", "final_layer_norm": None}
-    assert DeepLNGPTConfig.from_dict(fields).final_layer_norm is True
-    assert load_preset("gpt-deep-small").final_layer_norm is True
-    assert load_preset("gpt-deep-small", residual_norm="post_ln").final_layer_norm is False
-    assert load_preset("gpt-deep-small", final_layer_norm=False).final_layer_norm is False
+        assert (DeepLNGPTModel(old).final_norm is not None) is want
+    # switching the scheme of a preset gives the new scheme's default, unless the flag is given
+    assert load_preset("gpt-deep-small").final_layer_norm is False
+    assert load_preset("gpt-deep-small", residual_norm="pre_ln").final_layer_norm is True
+    assert load_preset("gpt-deep-small", final_layer_norm=True).final_layer_norm is True
     with pytest.raises(ValueError, match="final_layer_norm must be True, False or None"):
         tiny_gpt(final_layer_norm="yes")
 

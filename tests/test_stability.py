@@ -337,8 +337,8 @@ def test_depth_1000_mode_runs_with_a_few_layers_standing_in(tmp_path, monkeypatc
 def test_scheme_names_set_form_and_final_layer_norm():
     from modeling_deepln.stability.grid import split_scheme
 
-    assert split_scheme("foundation_ln:alpha_plus_ln:no_final_ln") == {
-        "residual_norm": "foundation_ln", "post_norm_form": "alpha_plus_ln", "final_layer_norm": False}
-    assert split_scheme("post_ln:final_ln") == {"residual_norm": "post_ln", "final_layer_norm": True}
+    assert split_scheme("foundation_ln:alpha_plus_ln:final_ln") == {
+        "residual_norm": "foundation_ln", "post_norm_form": "alpha_plus_ln", "final_layer_norm": True}
+    assert split_scheme("pre_ln:no_final_ln") == {"residual_norm": "pre_ln", "final_layer_norm": False}
     with pytest.raises(ValueError, match="Unknown option 'final'"):
         split_scheme("post_ln:final")

@@ -81,7 +81,7 @@ class DeepLNBertPooler(nn.Module):
 
 class DeepLNBertModel(DeepLNBertPreTrainedModel):
     """BERT embeddings, ``num_hidden_layers`` bidirectional :class:`DeepLNBlock` s, a final LayerNorm
-    ``final_norm`` when ``config.final_layer_norm`` (by default: the Pre-LN schemes and the ``α·s + LN(s)`` form),
+    ``final_norm`` when ``config.final_layer_norm`` (by default: the Pre-LN schemes),
     and (optionally) BERT's pooler."""
 
     def __init__(self, config: DeepLNBertConfig, add_pooling_layer: bool = True):

@@ -48,8 +48,8 @@ class DeepLNGPTPreTrainedModel(DeepLNPreTrainedModel):
 
 class DeepLNGPTModel(DeepLNGPTPreTrainedModel):
     """Token + learned position embeddings, ``num_hidden_layers`` causal :class:`DeepLNBlock` s, and a final
-    LayerNorm ``final_norm`` when ``config.final_layer_norm`` (by default: the Pre-LN schemes and the
-    ``α·s + LN(s)`` form, see :class:`~configuration_deepln.DeepLNGPTConfig`)."""
+    LayerNorm ``final_norm`` when ``config.final_layer_norm`` (by default: the Pre-LN schemes
+    ``pre_ln`` and ``normformer``)."""
 
     def __init__(self, config: DeepLNGPTConfig):
         super().__init__(config)

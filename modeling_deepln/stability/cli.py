@@ -28,7 +28,7 @@ WIDE = {"depths": (6, 24, 48, 100, 200, 1000), "lrs": (5e-4, 2e-3), "warmups": (
 
 DEPTH_1000 = {"families": ("gpt", "bert"), "schemes": ("post_ln", "pre_ln", "deepnorm", "upscale_ln", "foundation_ln:ln",
                                                        "foundation_ln:alpha_plus_ln",
-                                                       "foundation_ln:alpha_plus_ln:no_final_ln", "normformer"),
+                                                       "foundation_ln:alpha_plus_ln:final_ln", "normformer"),
               "depths": (1000,), "steps": 200, "hidden_size": 32, "num_heads": 2, "seq_len": 64, "batch_size": 8,
               "eval_blocks": 64, "monitor_every": 20, "early_steps": 3, "progress_every": 20, "heatmaps": True}  # fmt: skip
 """``--depth-1000``: every scheme at 1,000 layers, both families, narrow enough for a 2-core CPU (hidden 32,

@@ -44,8 +44,8 @@ class PretrainArgs:
     """Post-LN family only: ``ln`` = ``LN(α·x + G(x))`` or ``alpha_plus_ln`` = ``α·s + LN(s)``, ``s = x + G(x)``
     (default: the preset's, or the scheme's default when ``--residual-norm`` changes the scheme)."""
     final_layer_norm: bool | None = None
-    """A final LayerNorm before the head (``--no-final-layer-norm``: none; default: the preset's, or the scheme's
-    default for the Pre-LN schemes and the ``alpha_plus_ln`` form when the scheme or form changes)."""
+    """A final LayerNorm before the head, whatever the scheme (default: the preset's, or the new scheme's when
+    ``--residual-norm`` / ``--post-norm-form`` changes it: yes for the Pre-LN schemes only)."""
     num_layers: int | None = None
     """Override ``num_hidden_layers``."""
     hidden_size: int | None = None
