@@ -113,7 +113,8 @@ def run_stability(ns: argparse.Namespace) -> int:
     output_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     if not bound_only:
-        rows = run_grid(settings, output_dir)
+        table = output_dir / "stability"
+        rows = run_grid(settings, output_dir, on_row=lambda done: write_table(done, TABLE_COLUMNS, table))
         csv_path, _ = write_table(rows, TABLE_COLUMNS, output_dir / "stability")
         plot_loss_vs_depth(rows, output_dir / "loss_vs_depth.png")
         deepest = max(settings.depths)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,8 +233,9 @@ class LossWatch(TrainerCallback):
 
 class GridProgress(TrainerCallback):
     """A line every ``every`` steps of a run: step, mean training loss since the last line against the unigram loss,
-    seconds per step, and the time left for the whole grid (from the grid's mean seconds per step so far; runs
-    that stop early, e.g. on a non-finite loss, shorten it).
+    seconds per training step, and the time left for the whole grid (the grid's seconds so far, model building and
+    evaluation included, per step run, times the steps left; runs that stop early, e.g. on a non-finite loss,
+    shorten it).
 
     ``total_steps`` is the grid's planned number of steps; call :meth:`start_run` / :meth:`finish_run` around each run.
     """
@@ -242,9 +244,11 @@ class GridProgress(TrainerCallback):
         self.every, self.total_steps = every, total_steps
         self.steps_run, self.steps_accounted, self.seconds = 0, 0, 0.0
         self.label, self.unigram, self._losses, self._step, self._start = "", float("nan"), [], 0, time.monotonic()
+        self._train_start = self._start
 
     def start_run(self, label: str, unigram: float) -> None:
         self.label, self.unigram, self._losses, self._step, self._start = label, unigram, [], 0, time.monotonic()
+        self._train_start = self._start
 
     def finish_run(self, planned_steps: int) -> None:
         self.steps_run += self._step
@@ -257,6 +261,9 @@ class GridProgress(TrainerCallback):
         steps = self.steps_run + self._step
         return seconds / steps * (self.total_steps - self.steps_accounted - self._step) if steps else float("nan")
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._train_start = time.monotonic()  # seconds per step leave out building the model
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
         if loss is None:
@@ -265,7 +272,7 @@ class GridProgress(TrainerCallback):
         self._step = state.global_step
         if self.every and (self._step % self.every == 0 or self._step == state.max_steps):
             mean = sum(self._losses) / len(self._losses)
-            rate = (time.monotonic() - self._start) / self._step
+            rate = (time.monotonic() - self._train_start) / self._step
             print(f"[deepln]   {self.label} step {self._step}/{state.max_steps}: loss {mean:.3f} (unigram "
                   f"{self.unigram:.3f}), {rate:.2f} s/step; grid {format_duration(self.seconds_left())} left",
                   flush=True)  # fmt: skip
@@ -419,9 +426,12 @@ def grid_cells(settings: GridSettings, family: str) -> list[Cell]:
             for lr in settings.lrs for warmup in settings.warmups]  # fmt: skip
 
 
-def run_grid(settings: GridSettings, output_dir: str | Path) -> list[dict[str, Any]]:
+def run_grid(
+    settings: GridSettings, output_dir: str | Path, on_row: Callable[[list[dict[str, Any]]], None] | None = None
+) -> list[dict[str, Any]]:
     """Train every cell (a progress line each, and every ``settings.progress_every`` steps) and return the rows;
-    stops early past ``settings.max_minutes``."""
+    stops early past ``settings.max_minutes``. ``on_row(rows)`` runs after each cell (e.g. to write the table so
+    far, so that a grid stopped midway keeps its finished rows)."""
     output_dir = Path(output_dir)
     rows: list[dict[str, Any]] = []
     start = time.monotonic()
@@ -441,6 +451,8 @@ def run_grid(settings: GridSettings, output_dir: str | Path) -> list[dict[str, A
             row = train_cell(cell, data, settings, output_dir / "runs", progress)
             progress.finish_run(settings.steps)
             rows.append(row)
+            if on_row is not None:
+                on_row(rows)
             print(f"[deepln] {cell.name:<46} loss {row['eval_loss']:.3f} (unigram {row['unigram_loss']:.3f}) "
                   f"cos {row['cosine']:.2f} {row['mode']:<9} step {row['mode_step']}  {row['seconds']:.1f} s; "
                   f"{len(rows)}/{total} runs, {format_duration(progress.seconds_left())} left", flush=True)  # fmt: skip
