@@ -58,3 +58,26 @@ def test_no_long_functions_or_modules():
         for fn in _functions(ast.parse(source)):
             length = fn.end_lineno - fn.lineno + 1
             assert length <= 80, f"{path.relative_to(PACKAGE)}:{fn.lineno} {fn.name} is {length} lines"
+
+
+def test_shared_errors_and_moved_helpers_keep_their_old_import_paths():
+    """Errors live in ``errors.py`` and training helpers in modules named for what they hold; old paths still work."""
+    from modeling_deepln import errors
+    from modeling_deepln.training import args, callbacks, checks, model_config, output_dir, trainer_setup
+
+    assert args.DeepLNInputError is errors.DeepLNInputError and callbacks.NonFiniteError is errors.NonFiniteError
+    for module, names in ((model_config, ("build_config", "config_overrides", "model_family")),
+                          (output_dir, ("PREPARED_DIR", "check_output_dir", "clear_output_dir", "resume_checkpoint")),
+                          (trainer_setup, ("per_device", "schedule_kwargs"))):
+        for name in names:
+            assert getattr(checks, name) is getattr(module, name), name
+
+
+def test_feature_packages_take_shared_errors_from_errors_module():
+    """No feature package imports the training package just for its error type."""
+    for path in PACKAGE.rglob("*.py"):
+        if "training" in path.parts:
+            continue
+        source = path.read_text()
+        assert "training.args import DeepLNInputError" not in source, path
+        assert "training import DeepLNInputError" not in source, path

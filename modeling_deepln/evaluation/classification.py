@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..training.args import DeepLNInputError
+from ..errors import DeepLNInputError
 from .harness import ModelSource
 
 __all__ = ["evaluate_pair_classifier", "load_validation"]

@@ -145,7 +145,7 @@ def _eval_classifier(ns: argparse.Namespace, source) -> dict[str, Any]:
 
 
 def run_eval(ns: argparse.Namespace) -> int:
-    from ..training.args import DeepLNInputError
+    from ..errors import DeepLNInputError
     from .harness import quiet_progress, resolve_model
 
     if ns.no_progress:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..training.args import DeepLNInputError
+from ..errors import DeepLNInputError
 from .suite import GPT_SUITE_TASKS, OFFLINE_TASKS, offline_task_dir
 
 __all__ = ["ModelSource", "resolve_model", "task_names", "run_lm_eval"]

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..training.args import DeepLNInputError
+from ..errors import DeepLNInputError
 
 __all__ = ["ParamOrigin", "model_layers", "stack_layers", "unshare_ffn", "ffn_share_factor", "GrowthError"]
 

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..training.args import DeepLNInputError
+from ..errors import DeepLNInputError
 
 __all__ = [
     "PublishError",

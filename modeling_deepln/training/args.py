@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..errors import DeepLNInputError  # also importable from here (its old home)
 from ..presets import PRESETS_DIR
 
 __all__ = [
@@ -26,10 +27,6 @@ __all__ = [
 
 RECIPES_DIR = PRESETS_DIR / "recipes"
 """Folder of the training recipes ``<preset>.json`` (next to the preset configs)."""
-
-
-class DeepLNInputError(ValueError):
-    """Bad input found before training started (the CLI prints it as ``deepln: error: ...`` and exits with 2)."""
 
 
 @dataclass
