@@ -356,10 +356,10 @@ def test_quiet_progress_is_scoped_to_the_harness_and_the_block():
 
     from modeling_deepln.evaluation.harness import quiet_progress
 
-    init, harness_bar = tqdm.tqdm.__init__, lm_eval.api.task.tqdm
+    init, harness_bar = tqdm.tqdm.__dict__["__init__"], lm_eval.api.task.tqdm
     with quiet_progress():
         assert lm_eval.api.task.tqdm(range(3), file=io.StringIO(), disable=False).disable
         assert not tqdm.tqdm(range(3), file=io.StringIO()).disable  # other code keeps its bars
         assert not transformers_logging.is_progress_bar_enabled()
-    assert tqdm.tqdm.__init__ is init and lm_eval.api.task.tqdm is harness_bar
+    assert tqdm.tqdm.__dict__["__init__"] is init and lm_eval.api.task.tqdm is harness_bar
     assert transformers_logging.is_progress_bar_enabled()
