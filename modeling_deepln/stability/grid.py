@@ -323,7 +323,7 @@ def train_cell(cell: Cell, data: GridData, settings: GridSettings, output_dir: P
 def early_update(monitor: Any, layer: int, early_steps: int) -> float:
     """Mean ``‖ΔW‖/‖W‖`` of one layer (both sublayers) over the monitored steps ``≤ early_steps``."""
     groups = [g for g, sub in enumerate(monitor.sublayers) if sub.layer == layer]
-    values = [r["values"]["update_size"][g] for r in monitor.records if r["step"] <= max(early_steps, 1) for g in groups]
+    values = [r["values"]["relative_update"][g] for r in monitor.records if r["step"] <= max(early_steps, 1) for g in groups]
     return sum(values) / len(values) if values else float("nan")
 
 
@@ -333,7 +333,7 @@ def early_update_profile(monitor: Any, early_steps: int) -> dict[str, Any]:
     records = [r for r in monitor.records if r["step"] <= max(early_steps, 1)]
     updates = []
     for record in records:
-        row = record["values"]["update_size"]
+        row = record["values"]["relative_update"]
         per_layer = [[] for _ in range(layers)]
         for g, sub in enumerate(monitor.sublayers):
             per_layer[sub.layer].append(row[g])

@@ -131,8 +131,9 @@ class PretrainArgs:
     """CompoundGrow schedule (``compound``, ``stack`` or stages like ``depth=1/4,ffn_share=2,pool=2@0.2;...;depth=full``):
     start small and grow depth/FFN width/sequence length during training (see ``modeling_deepln.growth``)."""
     monitor_every: int | None = None
-    """Record per-layer gradient norms, update sizes, stream norms, branch/skip ratios and position collapse every K
-    steps (``modeling_deepln.stability.LayerMonitor``: TensorBoard, ``monitor.jsonl``, ``monitor_heatmaps.png``)."""
+    """Record per-layer gradient norms, relative parameter updates ``‖ΔW‖/‖W‖``, stream norms, branch/skip ratios and
+    position collapse every K steps (``modeling_deepln.stability.LayerMonitor``: TensorBoard, ``monitor.jsonl``,
+    ``monitor_heatmaps.png``)."""
 
 
 @dataclass
@@ -231,8 +232,9 @@ class FinetuneArgs:
     disable_tqdm: bool = False
     """Hide the progress bar."""
     monitor_every: int | None = None
-    """Record per-layer gradient norms, update sizes, stream norms, branch/skip ratios and position collapse every K
-    steps (``modeling_deepln.stability.LayerMonitor``: TensorBoard, ``monitor.jsonl``, ``monitor_heatmaps.png``)."""
+    """Record per-layer gradient norms, relative parameter updates ``‖ΔW‖/‖W‖``, stream norms, branch/skip ratios and
+    position collapse every K steps (``modeling_deepln.stability.LayerMonitor``: TensorBoard, ``monitor.jsonl``,
+    ``monitor_heatmaps.png``)."""
 
 
 BUILTIN_PRETRAIN_DEFAULTS: dict[str, Any] = {
