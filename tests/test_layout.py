@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,37 @@ def test_feature_packages_take_shared_errors_from_errors_module():
         source = path.read_text()
         assert "training.args import DeepLNInputError" not in source, path
         assert "training import DeepLNInputError" not in source, path
+
+
+INTERNAL_REFERENCE = re.compile(r"\bissues? #?\d+\b|hf-v5|methods\.md|shared/reference|seed 000|"
+                                r"\[(RECON|UNVERIFIED|EXACT[-A-Z]*)\]", re.IGNORECASE)  # fmt: skip
+"""Names of the project's internal process (issue numbers, internal notes) that a user of deepln does not have."""
+
+
+def _docstring_nodes(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                yield first.value
+
+
+def test_user_facing_text_names_no_internal_process():
+    """Remote code (every line: it ships to each Hub repo), every message, help text and field doc of the package
+    (string constants other than module/class/function docstrings), and the shipped configuration files cite
+    papers, the README or the code, never internal issues or notes."""
+    found = []
+    for path in (PACKAGE / "model").glob("*.py"):
+        found += [f"{path.name}:{i}" for i, line in enumerate(path.read_text().splitlines(), 1)
+                  if INTERNAL_REFERENCE.search(line)]  # fmt: skip
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node) for node in _docstring_nodes(tree)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                    and INTERNAL_REFERENCE.search(node.value)):  # fmt: skip
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    for path in (PACKAGE.parent / "configuration").rglob("*.json"):
+        if INTERNAL_REFERENCE.search(path.read_text()):
+            found.append(str(path.relative_to(PACKAGE.parent)))
+    assert not found, found

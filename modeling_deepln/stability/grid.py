@@ -4,7 +4,7 @@ Grid: residual schemes × depths × peak learning rates × warmup ratios, for th
 families, each cell a fresh model trained for the same number of steps with ``transformers.Trainer`` (AdamW, cosine
 decay, gradient clipping 1.0) on the embedded corpus, with the per-layer :class:`~.monitor.LayerMonitor` attached.
 A scheme is a ``residual_norm`` name, optionally with a post-norm form: ``foundation_ln:alpha_plus_ln`` is
-FoundationLayerNorm read as the author's module ``α·s + LN(s)`` (methods.md §5.1).
+FoundationLayerNorm read as the author's module ``α·s + LN(s)`` (``ShenDezhou/DeepLayerNorm``).
 
 Each cell ends in one failure mode (:func:`classify`), with the step it showed:
 
