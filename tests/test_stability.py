@@ -90,9 +90,9 @@ def test_monitor_matches_hand_computed_norms(residual_norm):
 
 def test_position_cosine_extremes():
     same = torch.randn(1, 1, 8).expand(2, 5, 8)
-    assert float(mean_position_cosine(same)) == pytest.approx(1.0, abs=1e-6)
+    assert float(mean_position_cosine(same)) == pytest.approx(1.0, abs=1e-5)
     orthogonal = torch.eye(6).unsqueeze(0)
-    assert float(mean_position_cosine(orthogonal)) == pytest.approx(0.0, abs=1e-6)
+    assert float(mean_position_cosine(orthogonal)) == pytest.approx(0.0, abs=1e-5)
 
 
 def test_monitor_only_hooks_monitored_steps_and_names_first_non_finite(capsys):
