@@ -2,6 +2,12 @@
 
 Options are declared with ``default=argparse.SUPPRESS`` so that only options given on the command line reach the
 arguments, and unset ones fall back to the library's defaults (for ``pretrain``: the preset's recipe).
+
+Why not ``transformers.HfArgumentParser``: it cannot build a parser for these dataclasses (``data: str | list[str]``
+and ``resume: bool | str`` are unions it rejects), it would fill every unset option with the field default (the
+recipe could no longer tell "not given" from "given"), and it reads help from ``field(metadata=...)`` where these
+fields keep theirs as attribute docstrings; the flags that are not field names (``--epochs``, ``--no-progress``,
+``--no-samples``, ``--no-gradient-checkpointing``) would need aliases on top.
 """
 
 from __future__ import annotations
