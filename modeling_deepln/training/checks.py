@@ -61,6 +61,85 @@ def check_precision(precision: str, use_cpu: bool) -> None:
         )
 
 
+<<<<<<< HEAD
+=======
+
+def schedule_kwargs(schedule: str, min_lr: float | None, lr: float) -> tuple[str, dict[str, Any]]:
+    """Trainer's ``lr_scheduler_type`` and ``lr_scheduler_kwargs`` for our schedule names."""
+    if schedule not in LR_SCHEDULES:
+        raise DeepLNInputError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}.")
+    if min_lr is not None and min_lr < 0:
+        raise DeepLNInputError(f"--min-lr must be >= 0, got {min_lr}.")
+    if min_lr is not None and min_lr > lr:
+        raise DeepLNInputError(f"--min-lr ({min_lr}) is larger than --lr ({lr}).")
+    if schedule == "constant":
+        return "constant_with_warmup", {}
+    if schedule == "cosine":
+        if min_lr:
+            return "cosine_with_min_lr", {"min_lr": float(min_lr)}
+        return "cosine", {}
+    if min_lr:  # linear decay to min_lr = polynomial decay with power 1
+        return "polynomial", {"lr_end": float(min_lr), "power": 1.0}
+    return "linear", {}
+
+
+def config_overrides(a: PretrainArgs | FinetuneArgs) -> dict[str, Any]:
+    """Model-config fields given on the command line, for :func:`build_config`.
+
+    Changing the scheme (``--residual-norm``) without ``--post-norm-form`` resets the form to the new scheme's
+    default (``post_norm_form=None``), so a preset that names a Post-LN form can still be switched to ``pre_ln``.
+    """
+    overrides: dict[str, Any] = {}
+    if a.residual_norm is not None:
+        overrides["residual_norm"] = a.residual_norm
+        overrides["post_norm_form"] = None
+    if getattr(a, "post_norm_form", None) is not None:
+        overrides["post_norm_form"] = a.post_norm_form
+    if getattr(a, "final_layer_norm", None) is not None:
+        overrides["final_layer_norm"] = a.final_layer_norm
+    if a.num_layers is not None:
+        overrides["num_hidden_layers"] = a.num_layers
+    if a.hidden_size is not None:
+        overrides["hidden_size"] = a.hidden_size
+        overrides["intermediate_size"] = 4 * a.hidden_size
+    if getattr(a, "intermediate_size", None) is not None:
+        overrides["intermediate_size"] = a.intermediate_size
+    if a.num_heads is not None:
+        overrides["num_attention_heads"] = a.num_heads
+    if a.vocab_size is not None:
+        overrides["vocab_size"] = a.vocab_size
+    for key, value in overrides.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise DeepLNInputError(f"{key} must be a positive integer, got {value}.")
+    return overrides
+
+
+def build_config(preset: str, overrides: dict[str, Any]):
+    try:
+        return load_preset(preset, **overrides)
+    except ValueError as exc:
+        raise DeepLNInputError(str(exc)) from exc
+    except TypeError as exc:
+        raise DeepLNInputError(f"Bad model override for preset {preset!r}: {exc}") from exc
+
+
+
+def model_family(config) -> str:
+    """``"bert"`` or ``"gpt"``."""
+    return "bert" if config.model_type == "deepln_bert" else "gpt"
+
+
+def per_device(global_batch: int, world: int, name: str) -> int:
+    if global_batch < 1:
+        raise DeepLNInputError(f"{name} must be >= 1, got {global_batch}.")
+    if global_batch % world:
+        raise DeepLNInputError(
+            f"{name}={global_batch} is the global batch and must be divisible by the number of processes ({world})."
+        )
+    return global_batch // world
+
+
+>>>>>>> depth
 def check_positive(**values: Any) -> None:
     for name, value in values.items():
         if value is not None and value <= 0:

@@ -123,7 +123,7 @@ def print_benchmark_rows(run: Any, metrics: dict[str, float]) -> list[str]:
     stored rows' (data, model shape, vocabulary, steps, batch, ...); otherwise one line says what differs. Returns
     the printed lines."""
     a = run.args
-    if a.residual_norm is not None or a.post_norm_form is not None:
+    if a.residual_norm is not None or a.post_norm_form is not None or a.final_layer_norm is not None:
         return []
     stored = load_benchmarks(a.preset)
     if not stored.get("rows"):
