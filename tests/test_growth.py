@@ -427,6 +427,24 @@ def test_time_to_target_interpolates_and_waits_for_the_full_shape():
     assert time_to_target(points, 0.5) is None
 
 
+def test_grow_bench_table_reports_every_target_and_arm():
+    from modeling_deepln.growth.bench import format_table
+
+    def arm(cpu, speed):
+        return {"points": [dict(seconds=10.0, cpu=5.0, step=40, loss=6.9, full=True)], "shape": "8 layers, FFN 256",
+                "sparse_mlm_loss": True, "cpu_to_target": cpu, "cpu_speedup": speed}  # fmt: skip
+
+    results = {
+        "unigram_loss": 7.0, "targets": [6.95, 6.9], "arms": ["full", "grow"],
+        "full": arm([4.0, 5.0], [0.0, 0.0]), "grow": arm([2.0, None], [1.0, None]),
+    }  # fmt: skip
+    table = format_table(results)
+    assert "CPU s to 6.950 (0.1 below)" not in table and "CPU s to 6.950 (0.05 below)" in table
+    assert "| CompoundGrow, LR schedule restarted per stage (authors) | 8 layers, FFN 256 | 5.0 (10.0) | 6.9000 | " \
+           "2.0 (+100.0%) | not reached |" in table  # fmt: skip
+    assert "deepln's choice" in table and "'grow': True" in table
+
+
 # ------------------------------------------------------------------------------------------------ Trainer
 
 

@@ -245,7 +245,7 @@ LABELS = {
 def format_table(results: dict[str, Any]) -> str:
     """The benchmark's Markdown table (CPU seconds to each target, speedup against the full model) and notes."""
     unigram, targets = results["unigram_loss"], results["targets"]
-    head = " | ".join(f"CPU s to {t:.3f} ({unigram - t:.1f} below)" for t in targets)
+    head = " | ".join(f"CPU s to {t:.3f} ({unigram - t:.2g} below)" for t in targets)
     rows = [
         f"| arm | final shape | train CPU s (wall s) | final eval loss | {head} |",
         "|---|---|---|---|" + "---|" * len(targets),
