@@ -66,6 +66,7 @@ def report_pretraining(run: Any, metrics: dict[str, float], tokens: int) -> None
             "precision": a.precision,
             "seed": a.seed,
             "tokens": tokens,
+            **run.card_notes,
         },
     )
     print(
