@@ -300,3 +300,26 @@ def test_pretrain_model_turns_on_the_training_fast_paths_in_its_config():
         run = SimpleNamespace(config=config, tokenizer=tokenizer, family=family, args=SimpleNamespace(seed=0))
         model = build_lm_model(run)
         assert getattr(model.config, field) is True and model.config.fuse_qkv is True
+
+
+def test_pretrain_optimizer_is_fused_adamw_and_updates_like_foreach_adamw(tmp_path):
+    from modeling_deepln.training.args import PretrainArgs, resolve_pretrain_args
+    from modeling_deepln.training.trainer_setup import training_arguments
+
+    resolved, _ = resolve_pretrain_args(PretrainArgs(preset="gpt-deep-small"))
+    assert training_arguments(resolved, output_dir=str(tmp_path), world=1).optim == "adamw_torch_fused"
+    torch.manual_seed(0)
+    model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=2))
+    ids = torch.randint(0, 97, (2, 9))
+    plain = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    fused = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    optimizers = [torch.optim.AdamW(plain, lr=1e-2, foreach=True), torch.optim.AdamW(fused, lr=1e-2, fused=True)]
+    for _ in range(3):
+        model.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        for params, optimizer in zip((plain, fused), optimizers):
+            for param, source in zip(params, model.parameters()):
+                param.grad = source.grad.clone()
+            optimizer.step()
+    for got, want in zip(fused, plain):  # the same update up to float32 rounding of ~10 operations per element
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -198,7 +198,7 @@ class FinetuneArgs:
     weight_decay: float = 0.01
     """AdamW weight decay."""
     optim: str = "adamw_torch"
-    """``adamw_torch`` or ``adam``."""
+    """``adamw_torch`` or ``adam`` (AdamW without weight decay); both run torch's fused AdamW kernel."""
     precision: str = "fp32"
     """``fp32``, ``bf16`` or ``fp16``."""
     gradient_checkpointing: bool = False
