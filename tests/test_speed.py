@@ -323,3 +323,32 @@ def test_pretrain_optimizer_is_fused_adamw_and_updates_like_foreach_adamw(tmp_pa
             optimizer.step()
     for got, want in zip(fused, plain):  # the same update up to float32 rounding of ~10 operations per element
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert"])
+def test_flex_attention_equals_sdpa_with_padding(family, monkeypatch):
+    """``attn_implementation="flex_attention"`` (transformers' BlockMask from ``masking_utils``) gives the SDPA
+    logits of a left-padded batch. transformers' ``torch.compile`` of flex attention is bypassed so it runs its
+    reference implementation in seconds (the compiled kernel computes the same function; compiling it takes
+    minutes on a loaded CPU)."""
+    from torch.nn.attention.flex_attention import flex_attention
+    from transformers.integrations.flex_attention import WrappedFlexAttention
+
+    monkeypatch.setattr(WrappedFlexAttention, "__call__", lambda self: flex_attention)
+    torch.manual_seed(0)
+    if family == "gpt":
+        model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=2, pad_token_id=0))
+    else:
+        shape = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_attention_heads=2)
+        model = DeepLNBertForMaskedLM(load_preset("bert-1k", num_hidden_layers=2, **shape))
+    model.eval()
+    ids = torch.randint(1, 97, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    with torch.no_grad():
+        sdpa = model(ids, attention_mask=mask).logits
+        model.set_attn_implementation("flex_attention")
+        flex = model(ids, attention_mask=mask).logits
+    assert model.config._attn_implementation == "flex_attention"
+    kept = mask.bool()  # padded query rows are not defined by either backend
+    torch.testing.assert_close(flex[kept], sdpa[kept], rtol=1e-5, atol=1e-5)

@@ -459,7 +459,13 @@ class DeepLNPreTrainedModel(PreTrainedModel):
     """
 
     supports_gradient_checkpointing = True
+    # Attention goes through transformers' attention interface with masks from ``masking_utils`` (which builds
+    # each backend's mask format: BlockMask for flex, 2-D padding masks for flash) and ``module.is_causal``, the
+    # contract of transformers' own models. Flex attention runs on the CPU without gradients (torch 2.13), tested
+    # equal to SDPA; flash attention needs a CUDA GPU and the ``flash-attn``/``kernels`` package (untested here).
     _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_flash_attn = True
     _no_split_modules = ["DeepLNBlock"]
     _head_prefixes = ("lm_head.", "lm_head_transform.", "score.", "classifier.", "bert.pooler.", "pooler.")
 
