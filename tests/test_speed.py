@@ -352,3 +352,23 @@ def test_flex_attention_equals_sdpa_with_padding(family, monkeypatch):
     assert model.config._attn_implementation == "flex_attention"
     kept = mask.bool()  # padded query rows are not defined by either backend
     torch.testing.assert_close(flex[kept], sdpa[kept], rtol=1e-5, atol=1e-5)
+
+
+def test_model_compile_with_the_training_fast_paths_equals_eager():
+    """``model.compile()`` (what ``TrainingArguments(torch_compile=True)`` and ``deepln pretrain --compile`` do)
+    with ``deepln pretrain``'s fast paths on: the eager loss and gradients, one graph for all blocks."""
+    torch.manual_seed(0)
+    model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=3, fused_lm_loss=True)).train()
+    ids = torch.randint(0, 97, (2, 9))
+    eager = model(ids, labels=ids).loss
+    eager.backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    counters = _compile_counters()
+    model.compile(backend="aot_eager")
+    compiled = model(ids, labels=ids).loss
+    compiled.backward()
+    assert counters["stats"]["unique_graphs"] <= 4  # not one per layer
+    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
+    for got, want in zip((p.grad for p in model.parameters()), eager_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
