@@ -128,8 +128,9 @@ def test_torch_compile_reuses_one_block_graph_and_equals_eager():
     compiled_model = torch.compile(model, backend="aot_eager")
     compiled = compiled_model(ids, labels=ids).loss
     compiled.backward()
-    # embeddings + mask, one block (shared by all 3 layers), head + loss: the count does not grow with depth
-    assert counters["stats"]["unique_graphs"] == 3
+    # embeddings + mask, one block (shared by all 3 layers), head + loss, and one graph around the layer loop's
+    # call (4 at 1 and at 6 layers alike); a graph per layer would make >= 5 here
+    assert counters["stats"]["unique_graphs"] <= 4
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=0)
     torch.testing.assert_close(model.transformer.layers[2].attention.q_proj.weight.grad, eager_grad, rtol=1e-5,
                                atol=1e-5 * float(eager_grad.abs().max()))  # fmt: skip
@@ -160,7 +161,7 @@ def test_trainer_torch_compile_trains_with_regional_compilation(tmp_path):
     counters = _compile_counters()
     result = Trainer(model=model, args=args, train_dataset=data).train()
     assert torch.isfinite(torch.tensor(result.training_loss))
-    assert counters["stats"]["unique_graphs"] == 3
+    assert counters["stats"]["unique_graphs"] <= 4  # as in the test above; one per layer would be >= 6
 
 
 def test_static_cache_generation_equals_dynamic_with_and_without_compile():
