@@ -90,7 +90,7 @@ def test_ffn_unsharing_without_symmetry_breaking_is_exact(name):
         after = model(ids).logits
     assert model.config.intermediate_size == 128
     assert all(block.mlp.fc1.out_features == 128 for block in model.base_model.layers)
-    torch.testing.assert_close(after, before, atol=2e-6, rtol=0)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5 * float(before.abs().max()))
 
 
 @pytest.mark.parametrize("name", list(MAKERS))
@@ -171,7 +171,8 @@ def test_unshared_gradients_are_the_shared_ones_split_over_the_copies():
     unshare_ffn(model, k, spread=0.0, noise=0.0)  # the even split, which the moments are scaled for
     grown = _mlp_grads(model, ids, labels)
     for name, grad in grown.items():
-        torch.testing.assert_close(grad, _expected(name, shared[name], k), rtol=1e-4, atol=1e-7)
+        want = _expected(name, shared[name], k)
+        torch.testing.assert_close(grad, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
 
 
 def test_unshared_adam_moments_and_step():
@@ -185,8 +186,10 @@ def test_unshared_adam_moments_and_step():
     for name, param in model.named_parameters():
         if ".mlp." in name:
             expected, state = _expected(name, shared[name], k), optimizer.state[param]
-            torch.testing.assert_close(state["exp_avg"], 0.1 * expected, rtol=1e-5, atol=1e-9)
-            torch.testing.assert_close(state["exp_avg_sq"], 0.001 * expected**2, rtol=1e-4, atol=1e-12)
+            scale = float(expected.abs().max())
+            torch.testing.assert_close(state["exp_avg"], 0.1 * expected, rtol=1e-5, atol=1e-5 * 0.1 * scale)
+            torch.testing.assert_close(state["exp_avg_sq"], 0.001 * expected**2, rtol=1e-4,
+                                       atol=1e-5 * 0.001 * scale**2)  # fmt: skip
             assert float(state["step"]) == 1.0
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
     _mlp_grads(model, ids, labels)
@@ -344,8 +347,9 @@ def test_pooling_one_layer_scores_targets_like_the_plain_model(scheme):
         pooled = model(ids, labels=labels)
     for row in range(ids.shape[0]):
         positions = (labels[row] != -100).nonzero().flatten()
-        torch.testing.assert_close(pooled.logits[row, : len(positions)], plain.logits[row, positions], atol=1e-5, rtol=0)
-    torch.testing.assert_close(pooled.loss, plain.loss, atol=1e-5, rtol=0)
+        torch.testing.assert_close(pooled.logits[row, : len(positions)], plain.logits[row, positions], atol=1e-5,
+                                   rtol=1e-5)  # fmt: skip
+    torch.testing.assert_close(pooled.loss, plain.loss, atol=0, rtol=1e-5)
 
 
 def test_max_pool_mask_keeps_a_window_with_any_valid_position():
@@ -490,7 +494,7 @@ def test_callback_grows_inside_a_real_trainer(tmp_path, restart):
     assert shapes == [(4, 16, 2), (4, 16, 1), (4, 32, 1)]
     assert trainer.model is model and model.config.num_hidden_layers == 4 and model.config.intermediate_size == 32
     width_only = callback.events[2]  # FFN un-sharing alone is function-preserving: same probe loss
-    assert width_only["loss_after"] == pytest.approx(width_only["loss_before"], abs=1e-5)
+    assert width_only["loss_after"] == pytest.approx(width_only["loss_before"], rel=1e-5)
     optimizer = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
     params = set(model.parameters())
     assert {p for g in optimizer.param_groups for p in g["params"]} == params

@@ -81,7 +81,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..training.args import DeepLNInputError
+from ..errors import DeepLNInputError
 
 __all__ = [
     "ParamOrigin",

@@ -30,6 +30,12 @@ import torch
 
 from .args import DeepLNInputError, PretrainArgs, resolve_pretrain_args
 from .callbacks import NonFiniteGuard, TimeLimitCallback
+<<<<<<< HEAD
+from .checks import check_positive, check_precision, check_probability, check_preset, input_errors_as_deepln
+from .metrics import masked_unigram_perplexity, perplexity, unigram_perplexity
+from .model_config import build_config, config_overrides, model_family
+from .output_dir import PREPARED_DIR, check_output_dir, clear_output_dir, resume_checkpoint
+=======
 from .checks import (
     PREPARED_DIR,
     build_config,
@@ -44,7 +50,8 @@ from .checks import (
     model_family,
     resume_checkpoint,
 )
-from .metrics import masked_unigram_perplexity, perplexity, unigram_perplexity
+from .metrics import masked_unigram_perplexity, perplexity, unigram_perplexity, unigram_special_ids
+>>>>>>> depth
 from .reporting import print_samples, report_pretraining
 from .trainer_setup import (
     default_output_dir,
@@ -445,18 +452,19 @@ def train_lm(run: PretrainRun) -> dict[str, Any]:
 
 def evaluate_after_training(run: PretrainRun, before: dict[str, float]) -> dict[str, float]:
     """Step 5c: held-out loss and perplexity, and ``perplexity_unigram``: what a model that learned only the token
-    frequencies scores on the same targets (GPT: every next token; BERT: the maskable, i.e. non-special, tokens)."""
+    frequencies scores on the same targets (GPT: every next token; BERT: the masked held-out positions), as defined
+    by :func:`~.metrics.unigram_loss`."""
     metrics = run.trainer.evaluate()
     metrics["perplexity"] = perplexity(metrics["eval_loss"])
     metrics.update(before)
     train_ids = run.train_dataset.with_format("numpy")["input_ids"]
-    eval_ids = run.eval_dataset.with_format("numpy")["input_ids"]
+    special = unigram_special_ids(run.tokenizer, run.family)
     if run.family == "gpt":
-        metrics["perplexity_unigram"] = unigram_perplexity(train_ids, eval_ids, run.config.vocab_size)
-    else:
-        metrics["perplexity_unigram"] = masked_unigram_perplexity(
-            train_ids, eval_ids, run.config.vocab_size, run.tokenizer.all_special_ids
-        )
+        eval_ids = run.eval_dataset.with_format("numpy")["input_ids"]
+        metrics["perplexity_unigram"] = unigram_perplexity(train_ids, eval_ids, run.config.vocab_size, special)
+    else:  # the masked positions the held-out loss scores (masked once, see mask_once)
+        labels = run.trainer.eval_dataset.with_format("numpy")["labels"]
+        metrics["perplexity_unigram"] = masked_unigram_perplexity(train_ids, labels, run.config.vocab_size, special)
     metrics["eval_samples"] = len(run.eval_dataset)
     return metrics
 
