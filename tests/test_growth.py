@@ -105,6 +105,8 @@ def test_ffn_unsharing_keeps_the_function_to_the_stated_tolerance(name):
     unshare_ffn(model, 4)
     with torch.no_grad():
         after = model(ids).logits
+    assert model.config.intermediate_size == 128
+    assert all(block.mlp.fc1.out_features == 128 for block in model.base_model.layers)
     tolerance = 1e-3 if "normformer" in name else 1e-5
     torch.testing.assert_close(after, before, atol=tolerance * float(before.abs().max()), rtol=0)
     fc1 = model.base_model.layers[0].mlp.fc1.weight

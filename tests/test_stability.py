@@ -275,7 +275,6 @@ def test_finetune_flag_attaches_the_monitor(tmp_path):
     assert [r["step"] for r in records] == [1, 2] and len(records[0]["sublayers"]) == 4
 
 
-<<<<<<< HEAD
 def _activation_values(model, ids, mask=None):
     """The monitor's activation measures of one forward pass (no optimizer step)."""
     monitor = LayerMonitor(every=1, tensorboard=False, plots=False).attach(model)
@@ -325,7 +324,8 @@ def test_monitor_records_of_earlier_versions_read_with_todays_names(tmp_path):
     (record,) = load_monitor_records(tmp_path / "monitor.jsonl")
     assert record["values"]["relative_update"] == [0.01] and record["measured"] == ["grad_norm", "relative_update"]
     assert "relative_update" in QUANTITIES and "update_size" not in QUANTITIES
-=======
+
+
 # ------------------------------------------------------------------------------------------ the depth-1,000 mode
 
 
@@ -393,4 +393,3 @@ def test_scheme_names_set_form_and_final_layer_norm():
     assert split_scheme("post_ln:final_ln") == {"residual_norm": "post_ln", "final_layer_norm": True}
     with pytest.raises(ValueError, match="Unknown option 'final'"):
         split_scheme("post_ln:final")
->>>>>>> depth

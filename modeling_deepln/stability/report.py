@@ -3,13 +3,9 @@
 * :func:`plot_monitor_heatmaps`: the per-layer monitor's records as layer × step heatmaps, one panel per quantity.
 * :func:`write_table`: the grid's rows as CSV and a Markdown table; :func:`markdown_table` the Markdown alone.
 * :func:`plot_loss_vs_depth`: final held-out loss against depth, one line per scheme, the unigram loss dashed.
-<<<<<<< HEAD
 * :func:`plot_early_updates`: relative parameter update ``‖ΔW‖/‖W‖`` per layer over the first steps, one panel
   per scheme.
-=======
-* :func:`plot_early_updates`: update size ``‖ΔW‖/‖W‖`` per layer over the first steps, one panel per scheme.
 * :func:`plot_grid_heatmaps`: one monitor quantity as a layer × step heatmap per grid run, titled with its verdict.
->>>>>>> depth
 """
 
 from __future__ import annotations

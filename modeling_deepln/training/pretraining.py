@@ -30,28 +30,10 @@ import torch
 
 from .args import DeepLNInputError, PretrainArgs, resolve_pretrain_args
 from .callbacks import NonFiniteGuard, TimeLimitCallback
-<<<<<<< HEAD
 from .checks import check_positive, check_precision, check_probability, check_preset, input_errors_as_deepln
-from .metrics import masked_unigram_perplexity, perplexity, unigram_perplexity
+from .metrics import masked_unigram_perplexity, perplexity, unigram_perplexity, unigram_special_ids
 from .model_config import build_config, config_overrides, model_family
 from .output_dir import PREPARED_DIR, check_output_dir, clear_output_dir, resume_checkpoint
-=======
-from .checks import (
-    PREPARED_DIR,
-    build_config,
-    check_output_dir,
-    check_positive,
-    check_precision,
-    check_probability,
-    check_preset,
-    clear_output_dir,
-    config_overrides,
-    input_errors_as_deepln,
-    model_family,
-    resume_checkpoint,
-)
-from .metrics import masked_unigram_perplexity, perplexity, unigram_perplexity, unigram_special_ids
->>>>>>> depth
 from .reporting import print_samples, report_pretraining
 from .trainer_setup import (
     default_output_dir,
