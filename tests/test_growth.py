@@ -90,7 +90,7 @@ def test_ffn_unsharing_without_symmetry_breaking_is_exact(name):
         after = model(ids).logits
     assert model.config.intermediate_size == 128
     assert all(block.mlp.fc1.out_features == 128 for block in model.base_model.layers)
-    torch.testing.assert_close(after, before, atol=2e-6, rtol=0)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5 * float(before.abs().max()))
 
 
 @pytest.mark.parametrize("name", list(MAKERS))
