@@ -256,8 +256,8 @@ def test_stacking_the_alpha_plus_ln_form_keeps_the_function_or_refuses(form):
 @pytest.mark.parametrize("scheme,extra", [("foundation_ln", {}), ("upscale_ln", {"residual_alpha": 1.5})])
 def test_stacking_the_alpha_plus_ln_form_with_a_fixed_alpha_keeps_the_small_stack(scheme, extra):
     """α·s + LN(s) with an α that does not depend on depth (FoundationLayerNorm's 0.974, or a pinned residual_alpha):
-    the copied stack reproduces the small model's hidden states (before the final LayerNorm this form has)."""
-    model = bert(scheme, layers=2, post_norm_form="alpha_plus_ln", **extra)
+    the copied stack reproduces the small model's hidden states (compared before any final LayerNorm)."""
+    model = bert(scheme, layers=2, post_norm_form="alpha_plus_ln", final_layer_norm=False, **extra)
     ids, _ = batch()
     with torch.no_grad():
         small = model.bert(ids).last_hidden_state
