@@ -136,6 +136,9 @@ class PretrainArgs:
     monitor_every: int | None = None
     """Record per-layer gradient norms, update sizes, stream norms, branch/skip ratios and position collapse every K
     steps (``modeling_deepln.stability.LayerMonitor``: TensorBoard, ``monitor.jsonl``, ``monitor_heatmaps.png``)."""
+    fsdp_blocks_per_unit: int | None = None
+    """Under an FSDP2 launcher config: shard K consecutive blocks as one FSDP unit (1: a unit per block; default
+    automatic, about 4M parameters per unit; see ``modeling_deepln.training.sharding``)."""
 
 
 @dataclass
@@ -236,6 +239,9 @@ class FinetuneArgs:
     monitor_every: int | None = None
     """Record per-layer gradient norms, update sizes, stream norms, branch/skip ratios and position collapse every K
     steps (``modeling_deepln.stability.LayerMonitor``: TensorBoard, ``monitor.jsonl``, ``monitor_heatmaps.png``)."""
+    fsdp_blocks_per_unit: int | None = None
+    """Under an FSDP2 launcher config: shard K consecutive blocks as one FSDP unit (1: a unit per block; default
+    automatic, about 4M parameters per unit; see ``modeling_deepln.training.sharding``)."""
 
 
 BUILTIN_PRETRAIN_DEFAULTS: dict[str, Any] = {

@@ -45,6 +45,7 @@ from .checks import (
 )
 from .metrics import masked_unigram_perplexity, perplexity, unigram_perplexity
 from .reporting import print_samples, report_pretraining
+from .sharding import prepare_fsdp, save_model
 from .trainer_setup import (
     default_output_dir,
     find_callback,
@@ -382,6 +383,7 @@ def train_lm(run: PretrainRun) -> dict[str, Any]:
         start_step = json.loads((Path(run.resume_from) / "trainer_state.json").read_text()).get("global_step", 0)
         if run.is_main:
             print(f"[deepln] resuming from {run.resume_from} (step {start_step})", flush=True)
+    prepare_fsdp(run.trainer, run.model, a.fsdp_blocks_per_unit, run.is_main)
     start = time.monotonic()
     output = run.trainer.train(resume_from_checkpoint=run.resume_from)
     seconds = time.monotonic() - start
@@ -429,7 +431,7 @@ def evaluate_after_training(run: PretrainRun, before: dict[str, float]) -> dict[
 def save_and_report(run: PretrainRun, metrics: dict[str, float], training: dict[str, Any]) -> list[str]:
     """Step 6: save model, tokenizer, metrics and state; write ``loss.png`` and the model card; print samples."""
     trainer = run.trainer
-    trainer.save_model(str(run.output_dir))
+    save_model(trainer, str(run.output_dir))
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("train", training["train_metrics"])
     trainer.save_metrics("eval", metrics)
