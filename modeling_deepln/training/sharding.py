@@ -69,28 +69,19 @@ def plan_blocks_per_unit(params_per_block: int, requested: int | None) -> int:
     return max(1, round(UNIT_PARAMETERS / max(1, params_per_block)))
 
 
-def group_blocks(model: torch.nn.Module, blocks_per_unit: int, plugin) -> int:
+def group_blocks(model: torch.nn.Module, blocks_per_unit: int, **fully_shard_kwargs) -> int:
     """``fully_shard`` each run of ``blocks_per_unit`` consecutive blocks as one unit; returns the unit count.
 
-    Accelerate then shards the embeddings, the final norm with the head, and the root as usual. Parameter names do not change, so checkpoints and the
-    saved folder are the same as with one unit per block.
+    The rest (embeddings, the final norm with the head, the root) is left to the caller (Accelerate's
+    ``fsdp2_prepare_model`` in a run). Parameter names do not change, so checkpoints and the saved folder are the same
+    as with one unit per block.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import fully_shard
 
     blocks = decoder_blocks(model)
-    kwargs = dict(
-        reshard_after_forward=plugin.reshard_after_forward,
-        mp_policy=plugin.mixed_precision_policy or MixedPrecisionPolicy(),
-        offload_policy=plugin.cpu_offload,
-    )
     units = [list(blocks[i : i + blocks_per_unit]) for i in range(0, len(blocks), blocks_per_unit)]
     for unit in units:
-        fully_shard(unit, **kwargs)
-    # The blocks are wrapped: no auto-wrap policy for Accelerate to apply (it would look them up by class name).
-    plugin.auto_wrap_policy = None
-    # Accelerate's meta-device loading re-distributes a full state dict; it cannot take blocks sharded already,
-    # and every deepln process builds (or loads) the whole model anyway.
-    plugin.cpu_ram_efficient_loading = False
+        fully_shard(unit, **fully_shard_kwargs)
     return len(units)
 
 
@@ -110,13 +101,24 @@ def prepare_fsdp(trainer, model: torch.nn.Module, blocks_per_unit: int | None, i
         if blocks_per_unit and blocks_per_unit != 1:
             raise DeepLNInputError("--fsdp-blocks-per-unit needs `fsdp_version: 2` in the accelerate config.")
         return
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 
     if any(isinstance(m, FSDPModule) for m in model.modules()):  # sharded already (a second train() call)
         return
     blocks = decoder_blocks(model)
-    k = plan_blocks_per_unit(sum(p.numel() for p in blocks[0].parameters()), blocks_per_unit)
-    units = group_blocks(model, k, plugin)
+    k = min(len(blocks), plan_blocks_per_unit(sum(p.numel() for p in blocks[0].parameters()), blocks_per_unit))
+    units = group_blocks(
+        model,
+        k,
+        reshard_after_forward=plugin.reshard_after_forward,
+        mp_policy=plugin.mixed_precision_policy or MixedPrecisionPolicy(),
+        offload_policy=plugin.cpu_offload,
+    )
+    # The blocks are wrapped: no auto-wrap policy for Accelerate to apply (it would look them up by class name).
+    plugin.auto_wrap_policy = None
+    # Accelerate's meta-device loading re-distributes a full state dict; it cannot take blocks sharded already,
+    # and every deepln process builds (or loads) the whole model anyway.
+    plugin.cpu_ram_efficient_loading = False
     if is_main:
         print(f"[deepln] FSDP2: {len(blocks)} blocks in {units} units of {k} block(s)", flush=True)
 
