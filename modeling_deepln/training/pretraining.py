@@ -45,7 +45,7 @@ from .checks import (
 )
 from .metrics import masked_unigram_perplexity, perplexity, unigram_perplexity
 from .reporting import print_samples, report_pretraining
-from .sharding import prepare_fsdp, save_model
+from .sharding import prepare_fsdp, save_model, unsharded_evaluation
 from .trainer_setup import (
     default_output_dir,
     find_callback,
@@ -360,7 +360,8 @@ def evaluate_before_training(run: PretrainRun) -> dict[str, float]:
     if run.resume_from and before_file.is_file():
         before = json.loads(before_file.read_text())
     else:
-        metrics = run.trainer.evaluate()
+        with unsharded_evaluation(run.trainer):
+            metrics = run.trainer.evaluate()
         undo_eval_prepare(run.model)
         before = {"eval_loss_before": metrics["eval_loss"], "perplexity_before": perplexity(metrics["eval_loss"])}
         if run.is_main:

@@ -13,6 +13,7 @@ DDP and FSDP" section has the measured effect of ``k`` and says when DDP is the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -121,6 +122,22 @@ def prepare_fsdp(trainer, model: torch.nn.Module, blocks_per_unit: int | None, i
     plugin.cpu_ram_efficient_loading = False
     if is_main:
         print(f"[deepln] FSDP2: {len(blocks)} blocks in {units} units of {k} block(s)", flush=True)
+
+
+@contextlib.contextmanager
+def unsharded_evaluation(trainer):
+    """``trainer.evaluate()`` before ``trainer.train()`` under FSDP2 (the held-out loss of the fresh model).
+
+    Accelerate shards an FSDP2 model only together with its optimizer and refuses a model alone, which is what
+    ``evaluate`` hands it; until ``train`` shards it every process holds the whole model, so the evaluation runs
+    on it unsharded, as under DDP.
+    """
+    enabled = getattr(trainer, "is_fsdp_enabled", False)
+    trainer.is_fsdp_enabled = False
+    try:
+        yield
+    finally:
+        trainer.is_fsdp_enabled = enabled
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
