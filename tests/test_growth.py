@@ -515,15 +515,19 @@ def test_callback_grows_inside_a_real_trainer(tmp_path, restart):
 
 
 def test_stage_models_and_growth_keep_the_training_fast_paths():
-    """A stage model built to replace a model takes over its fast training heads (sparse MLM head, fused LM loss), and
-    growth keeps them: a grown run trains with the heads of a full-model run."""
+    """A stage model built to replace a model takes over its fast training heads (sparse MLM head, fused LM loss: config
+    fields, so every stage built from the run's config has them), and growth keeps them: a grown run trains with the
+    heads of a full-model run."""
     from modeling_deepln.growth.callback import stage_model
 
     for model, flag in ((bert("post_ln", layers=4), "sparse_mlm_loss"), (gpt("pre_ln", layers=4), "fused_lm_loss")):
         setattr(model, flag, True)
         first, last = GrowthStage(2, ffn_share=2, end=5), GrowthStage(4)
         staged = stage_model(model.config, first, type(model), like=model)
-        assert getattr(staged, flag) is True and getattr(stage_model(model.config, first, type(model)), flag) is False
+        assert getattr(staged, flag) is True and getattr(stage_model(model.config, first, type(model)), flag) is True
+        setattr(model, flag, False)  # switched off in the run's config: off in the stages built from it
+        assert getattr(stage_model(model.config, first, type(model), like=model), flag) is False
+        setattr(staged, flag, True)
         grow_model(staged, first, last)
         assert getattr(staged, flag) is True
 
