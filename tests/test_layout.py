@@ -11,8 +11,8 @@ import pytest
 import modeling_deepln
 
 PACKAGE = Path(modeling_deepln.__file__).resolve().parent
-MODEL_FILES = {"configuration_deepln.py", "residual_deepln.py", "layers_deepln.py", "modeling_deepln_bert.py",
-               "modeling_deepln_gpt.py"}  # fmt: skip
+MODEL_FILES = {"configuration_deepln.py", "residual_deepln.py", "init_deepln.py", "layers_deepln.py",
+               "modeling_deepln_bert.py", "modeling_deepln_gpt.py"}  # fmt: skip
 
 
 @pytest.mark.parametrize("old, new", sorted(modeling_deepln.MOVED.items()))
