@@ -28,7 +28,7 @@ _pending: contextvars.ContextVar[list[tuple[torch.Tensor, float]] | None] = cont
 )
 
 
-def normal_(tensor: torch.Tensor, std: float) -> None:
+def normal_init_(tensor: torch.Tensor, std: float) -> None:
     """``N(0, std²)`` init of ``tensor`` (skipped, as ``transformers.initialization.normal_`` does, when the tensor
     is flagged ``_is_hf_initialized``); inside :func:`deferred_normal_init` the draw is queued for the parallel
     fill."""
@@ -41,11 +41,11 @@ def normal_(tensor: torch.Tensor, std: float) -> None:
         queue.append((tensor, std))
 
 
-def xavier_normal_(tensor: torch.Tensor, gain: float) -> None:
+def xavier_normal_init_(tensor: torch.Tensor, gain: float) -> None:
     """Glorot & Bengio 2010 (``torch.nn.init.xavier_normal_``): ``N(0, σ²)`` with
     ``σ = gain · √(2 / (fan_in + fan_out))``."""
     fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(tensor)
-    normal_(tensor, gain * math.sqrt(2.0 / float(fan_in + fan_out)))
+    normal_init_(tensor, gain * math.sqrt(2.0 / float(fan_in + fan_out)))
 
 
 def _chunks(queue: list[tuple[torch.Tensor, float]]) -> list[list[tuple[torch.Tensor, float]]]:
@@ -73,7 +73,7 @@ def _fill(chunk: list[tuple[torch.Tensor, float]], seed: int) -> None:
 
 @contextmanager
 def deferred_normal_init() -> Iterator[None]:
-    """Queue the :func:`normal_` draws made inside the block; on exit fill them all in parallel."""
+    """Queue the :func:`normal_init_` draws made inside the block; on exit fill them all in parallel."""
     queue: list[tuple[torch.Tensor, float]] = []
     token = _pending.set(queue)
     try:
