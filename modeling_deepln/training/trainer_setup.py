@@ -208,4 +208,3 @@ _PROMPTS = ("The history of", "In mathematics,", "The city is", "He was born in"
 
 def param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
