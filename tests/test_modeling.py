@@ -94,10 +94,78 @@ def test_alpha_and_beta_overrides_reach_the_blocks():
     assert config.residual_scheme.beta(config) == 0.25
 
 
-def test_final_norm_only_for_pre_ln_family():
+def test_final_norm_for_pre_ln_family_and_the_alpha_plus_ln_form():
     for name in SCHEMES:
-        model = DeepLNGPTModel(tiny_gpt(residual_norm=name))
-        assert (model.final_norm is not None) == (name in ("pre_ln", "normformer")), name
+        for make, model_class in ((tiny_gpt, DeepLNGPTModel), (tiny_bert, DeepLNBertModel)):
+            model = model_class(make(residual_norm=name))
+            # foundation_ln defaults to the α·s + LN(s) form, whose last hidden state is not normalised
+            assert (model.final_norm is not None) == (name in ("pre_ln", "normformer", "foundation_ln")), name
+            assert model.config.final_layer_norm == (model.final_norm is not None)
+    assert DeepLNGPTModel(tiny_gpt(residual_norm="foundation_ln", post_norm_form="ln")).final_norm is None
+    assert DeepLNGPTModel(tiny_gpt(residual_norm="deepnorm", post_norm_form="alpha_plus_ln")).final_norm is not None
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("causal", [True, False])
+def test_final_layer_norm_forced_is_layer_norm_of_the_stream(scheme, causal, tmp_path):
+    """final_layer_norm=True: last hidden state == LN(output of the last block); False: the block's output."""
+    make, model_class = (tiny_gpt, DeepLNGPTModel) if causal else (tiny_bert, DeepLNBertModel)
+    ids = torch.randint(3, 97, (2, 7))
+    for forced in (True, False):
+        torch.manual_seed(0)
+        model = model_class(make(residual_norm=scheme, final_layer_norm=forced)).eval()
+        assert model.config.final_layer_norm is forced
+        if not forced:
+            assert model.final_norm is None
+            continue
+        assert isinstance(model.final_norm, torch.nn.LayerNorm)
+        with torch.no_grad():
+            model.final_norm.weight.uniform_(0.5, 1.5)
+            model.final_norm.bias.uniform_(-0.5, 0.5)
+            out = model(ids, output_hidden_states=True)
+            stream = _stream_before_final_norm(model, ids)
+        mean = stream.mean(-1, keepdim=True)
+        var = ((stream - mean) ** 2).mean(-1, keepdim=True)
+        want = (stream - mean) / torch.sqrt(var + model.config.layer_norm_eps) * model.final_norm.weight
+        want = want + model.final_norm.bias
+        # float32 LayerNorm of O(1..200)-sized values over 32 channels: a few ulps of the normalised O(1) output
+        torch.testing.assert_close(out.last_hidden_state, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.hidden_states[-1], want, rtol=1e-5, atol=1e-5)
+        model.save_pretrained(tmp_path / scheme)
+        again = model_class.from_pretrained(tmp_path / scheme).eval()
+        assert again.config.final_layer_norm is True
+        with torch.no_grad():
+            assert torch.equal(again(ids).last_hidden_state, out.last_hidden_state)
+
+
+def _stream_before_final_norm(model, ids):
+    """The last block's output, caught by a forward hook on the final LayerNorm's input."""
+    seen = {}
+    handle = model.final_norm.register_forward_hook(lambda module, args, output: seen.setdefault("x", args[0]))
+    try:
+        model(ids)
+    finally:
+        handle.remove()
+    return seen["x"]
+
+
+def test_final_layer_norm_of_configs_saved_before_the_field(tmp_path):
+    """A config.json written before final_layer_norm existed (it has transformers_version) loads as trained."""
+    for form, want in (("alpha_plus_ln", False), ("ln", False)):
+        config = tiny_gpt(residual_norm="foundation_ln", post_norm_form=form)
+        config.save_pretrained(tmp_path)
+        saved = json.loads((tmp_path / "config.json").read_text())
+        assert "transformers_version" in saved and saved["final_layer_norm"] is (form == "alpha_plus_ln")
+        del saved["final_layer_norm"]
+        (tmp_path / "config.json").write_text(json.dumps(saved))
+        old = DeepLNGPTConfig.from_pretrained(tmp_path)
+        assert old.final_layer_norm is want and old.post_norm_form == form
+        assert DeepLNGPTModel(old).final_norm is None
+    saved["residual_norm"], saved["post_norm_form"] = "pre_ln", "ln"
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert DeepLNGPTConfig.from_pretrained(tmp_path).final_layer_norm is True
+    with pytest.raises(ValueError, match="final_layer_norm must be True, False or None"):
+        tiny_gpt(final_layer_norm="yes")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -415,11 +483,13 @@ def test_gpt_1k_preset_matches_paper():
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (1000, 256, 1)
     assert (config.max_position_embeddings, config.vocab_size, config.residual_norm) == (1024, 50257, "foundation_ln")
     d = 256
-    expected = (50257 + 1024) * d + 1000 * _block_params(d, 1024) + 50257 * d  # untied LM head, no final LN
+    expected = (50257 + 1024) * d + 1000 * _block_params(d, 1024) + 50257 * d  # untied LM head
+    assert expected == 815_753_728  # the paper's model: 815.5M
+    expected += 2 * d if config.final_layer_norm else 0  # deepln's final LayerNorm of the α·s + LN(s) form
     with torch.device("meta"):  # the count needs shapes only; building on meta skips 3 GB of allocation
         model = DeepLNGPTForCausalLM(config)
     count = sum(p.numel() for p in model.parameters())
-    assert count == expected == 815_753_728
+    assert count == expected
     assert abs(count - 815.5e6) / 815.5e6 < 0.005
 
 
