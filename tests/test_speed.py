@@ -230,15 +230,14 @@ def test_gpu_script_runs_on_cpu_with_a_tiny_shape(tmp_path):
     assert "static cache" in result.stdout
 
 
-def test_fused_qkv_equals_separate_projections_and_yields_to_hooks(monkeypatch):
-    from modeling_deepln.model.layers_deepln import DeepLNAttention
-
+def test_fused_qkv_equals_separate_projections_and_yields_to_hooks():
     torch.manual_seed(0)
     model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=2))
+    assert model.config.fuse_qkv is True  # on by default: the same function and parameters
     ids = torch.randint(0, 97, (2, 9))
     results = []
     for fused in (False, True):
-        monkeypatch.setattr(DeepLNAttention, "fuse_qkv", fused)
+        model.config.fuse_qkv = fused
         loss = model(ids, labels=ids).loss
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
@@ -263,3 +262,41 @@ def test_pretrain_compile_flag_reaches_training_arguments(tmp_path):
     assert training_arguments(resolved, output_dir=str(tmp_path), world=1).torch_compile is True
     plain, _ = resolve_pretrain_args(PretrainArgs(preset="gpt-deep-small"))
     assert training_arguments(plain, output_dir=str(tmp_path), world=1).torch_compile is False
+
+
+def test_fast_path_switches_are_saved_config_fields_and_old_configs_load(tmp_path):
+    """``fuse_qkv``, ``fused_lm_loss`` and ``sparse_mlm_loss`` live in the config: saved, reloaded, carried into a
+    model built from the config; a config.json written before the fields existed loads with the defaults."""
+    from modeling_deepln import DeepLNBertConfig, DeepLNGPTConfig
+
+    model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=1, fused_lm_loss=True, fuse_qkv=False))
+    assert model.fused_lm_loss is True  # the model attribute reads the config
+    model.save_pretrained(tmp_path / "gpt")
+    again = DeepLNGPTForCausalLM.from_pretrained(tmp_path / "gpt")
+    assert again.config.fused_lm_loss is True and again.config.fuse_qkv is False
+    ids = torch.randint(0, 97, (2, 5))
+    assert again.train()(ids, labels=ids).logits is None
+    model.fused_lm_loss = False  # the old attribute spelling sets the config field
+    assert model.config.fused_lm_loss is False
+    old = {k: v for k, v in again.config.to_dict().items() if k not in ("fused_lm_loss", "fuse_qkv")}
+    loaded = DeepLNGPTConfig.from_dict(old)
+    assert loaded.fused_lm_loss is False and loaded.fuse_qkv is True
+    bert = DeepLNBertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, sparse_mlm_loss=True)
+    assert DeepLNBertConfig.from_dict(bert.to_dict()).sparse_mlm_loss is True
+    with pytest.raises(ValueError, match="fuse_qkv must be True or False"):
+        DeepLNBertConfig(fuse_qkv="yes")
+
+
+def test_pretrain_model_turns_on_the_training_fast_paths_in_its_config():
+    from types import SimpleNamespace
+
+    from modeling_deepln.training.pretraining import build_lm_model
+
+    tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=1, bos_token_id=1, cls_token_id=2, sep_token_id=3)
+    for family, config, field in (
+        ("gpt", tiny_gpt_config(layers=1), "fused_lm_loss"),
+        ("bert", load_preset("bert-1k", num_hidden_layers=1, vocab_size=97), "sparse_mlm_loss"),
+    ):
+        run = SimpleNamespace(config=config, tokenizer=tokenizer, family=family, args=SimpleNamespace(seed=0))
+        model = build_lm_model(run)
+        assert getattr(model.config, field) is True and model.config.fuse_qkv is True

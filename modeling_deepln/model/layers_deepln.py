@@ -117,20 +117,16 @@ class DeepLNAttention(nn.Module):
         self.head_scale = nn.Parameter(torch.ones(self.num_heads)) if config.uses_head_scale else None
         self.head_scale_before_out_proj = config.normformer_head_scale_position == "before_out_proj"
 
-    fuse_qkv: bool = False
-    """Run ``q_proj``, ``k_proj``, ``v_proj`` as one matmul with their concatenated weights (same parameters and
-    checkpoint names; used only while all three are plain, hook-free ``nn.Linear`` s, so adapters such as LoRA
-    and monitoring hooks see the separate projections). Off by default: on the shared 2-core CPU the gain could
-    not be told from noise (the QKV matmuls alone ran ~30 % faster fused); ``DeepLNAttention.fuse_qkv = True``
-    switches it on for every model."""
-
     def _project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(q_proj(x), k_proj(x), v_proj(x))``; with ``config.fuse_qkv`` as one matmul with the concatenated
+        ``[3d, d]`` weight (the same parameters and checkpoint names), but only while all three are plain,
+        hook-free ``nn.Linear`` s, so adapters such as LoRA and monitoring hooks see the separate projections."""
         projections = (self.q_proj, self.k_proj, self.v_proj)
         plain = all(
             type(p) is nn.Linear and p.bias is not None and not (p._forward_hooks or p._forward_pre_hooks)
             for p in projections
         )
-        if not (self.fuse_qkv and plain):
+        if not (self.config.fuse_qkv and plain):
             return tuple(p(hidden_states) for p in projections)
         weight = torch.cat([p.weight for p in projections])
         bias = torch.cat([p.bias for p in projections])

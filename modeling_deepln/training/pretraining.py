@@ -269,13 +269,13 @@ def build_lm_model(run: PretrainRun) -> torch.nn.Module:
     else:
         config.bos_token_id = tokenizer.cls_token_id
         config.eos_token_id = tokenizer.sep_token_id
+    if run.family == "gpt":  # chunked LM head + loss in training (no [tokens, vocab] logits); saved in config.json
+        config.fused_lm_loss = True
+    else:  # the MLM head only on the masked positions in training; saved in config.json
+        config.sparse_mlm_loss = True
     set_seed(run.args.seed)
     auto_class = AutoModelForMaskedLM if run.family == "bert" else AutoModelForCausalLM
     run.model = auto_class.from_config(config)
-    if run.family == "gpt":  # chunked LM head + loss in training (no [tokens, vocab] logits); not saved
-        run.model.fused_lm_loss = True
-    else:  # the MLM head only on the masked positions in training; not saved
-        run.model.sparse_mlm_loss = True
     return run.model
 
 
