@@ -9,7 +9,7 @@ at 15 %), plus CPU-seconds per step (``time.process_time``, which counts every t
 jobs slows the wall clock, not the CPU-seconds). One JSON row per run is appended to ``--results``.
 
 ``--config`` overrides config fields (``'{"residual_norm": "pre_ln", "scale_output_init": true}'``);
-``--final-ln`` adds a LayerNorm before the head of a scheme that has none (what ``final_layer_norm=True`` does).
+``--final-ln`` adds a LayerNorm before the head (``final_layer_norm=True``) to a scheme that has none.
 
     OMP_NUM_THREADS=1 python scripts/depth1k_study.py --family gpt --name preln_lr2e-3 \\
         --config '{"residual_norm": "pre_ln", "scale_output_init": true}' --lr 2e-3 --steps 60
@@ -68,6 +68,8 @@ prepare_lm_data(run)
 tok, train_ds, eval_ds = run.tokenizer, run.train_dataset, run.eval_dataset
 eval_ds = eval_ds.select(range(min(a.eval_blocks, len(eval_ds))))
 over = json.loads(a.config)
+if a.final_ln:
+    over["final_layer_norm"] = True
 config = load_preset(preset, num_hidden_layers=a.layers, hidden_size=a.hidden, intermediate_size=4 * a.hidden,
                      num_attention_heads=a.heads, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **over)
 set_seed(a.seed)
@@ -90,10 +92,6 @@ else:
                                              tok.all_special_ids))
     collate = MaskedLMCollator(tok, a.mask)
     eval_rows = list(mask_once(eval_ds, tok, 0.15, seed=42))
-if a.final_ln:
-    if getattr(base, "final_norm", None) is not None:
-        raise SystemExit(f"{config.residual_norm} already has a final LayerNorm")
-    base.final_norm = torch.nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
 
 def eval_batches():
