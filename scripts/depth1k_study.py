@@ -37,8 +37,9 @@ from modeling_deepln.training.pretraining import (
 )
 
 p = argparse.ArgumentParser()
-p.add_argument("--family", choices=("gpt", "bert"), required=True)
-p.add_argument("--name", required=True)
+p.add_argument("--family", choices=("gpt", "bert"))
+p.add_argument("--name")
+p.add_argument("--table", action="store_true", help="print the stored rows of --results as a Markdown table")
 p.add_argument("--layers", type=int, default=1000)
 p.add_argument("--hidden", type=int, default=32)
 p.add_argument("--heads", type=int, default=2)
@@ -60,6 +61,25 @@ p.add_argument("--seed", type=int, default=0)
 p.add_argument("--cache", default="runs/depth1k-study-cache")
 p.add_argument("--results", default=str(Path(__file__).resolve().parents[1] / "docs" / "depth1k-study.jsonl"))
 a = p.parse_args()
+
+
+def print_table(path: str) -> None:
+    """The README table: held-out loss at each evaluated step against the unigram model's, and CPU-s per step."""
+    print("| family | run | lr, schedule | held-out loss at step k (unigram) | perplexity / unigram's | CPU-s/step |")
+    print("|---|---|---|---|---|---|")
+    for line in Path(path).read_text().splitlines():
+        r = json.loads(line)
+        curve = ", ".join(f"{k}: {loss:.2f}" for k, loss in r["curve"])
+        print(f"| {r['family'].upper()} | `{r['name']}`{' (' + r['status'] + ')' if r['status'] != 'ok' else ''} | "
+              f"{r['lr']:g}, {r['schedule']} | {curve} ({r['unigram']:.2f}) | {r['ppl_ratio']:.2f}x | "
+              f"{r['cpu_s_per_step']:.1f} |")
+
+
+if a.table:
+    print_table(a.results)
+    raise SystemExit
+if not (a.family and a.name):
+    p.error("--family and --name are required")
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 preset = "gpt-deep-small" if a.family == "gpt" else "bert-deep-small"
