@@ -164,6 +164,12 @@ def test_final_layer_norm_of_configs_saved_before_the_field(tmp_path):
     saved["residual_norm"], saved["post_norm_form"] = "pre_ln", "ln"
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert DeepLNGPTConfig.from_pretrained(tmp_path).final_layer_norm is True
+    # an explicit None (a new config, or a scheme switched on a saved one) asks for the scheme's default
+    fields = {**saved, "residual_norm": "foundation_ln", "post_norm_form": "alpha_plus_ln", "final_layer_norm": None}
+    assert DeepLNGPTConfig.from_dict(fields).final_layer_norm is True
+    assert load_preset("gpt-deep-small").final_layer_norm is True
+    assert load_preset("gpt-deep-small", residual_norm="post_ln").final_layer_norm is False
+    assert load_preset("gpt-deep-small", final_layer_norm=False).final_layer_norm is False
     with pytest.raises(ValueError, match="final_layer_norm must be True, False or None"):
         tiny_gpt(final_layer_norm="yes")
 

@@ -29,6 +29,8 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
+from ..training.metrics import unigram_loss, unigram_special_ids
+
 __all__ = ["GrowBenchArgs", "grow_bench", "time_to_target", "PAPER_SPEEDUP"]
 
 PAPER_SPEEDUP = {"BERT-base": 0.736, "BERT-large": 0.822}
@@ -117,17 +119,6 @@ def time_to_target(points: list[dict[str, Any]], target: float, clock: str = "se
     return None
 
 
-def unigram_mlm_loss(train_blocks: Any, labels: torch.Tensor, vocab_size: int) -> float:
-    """Cross-entropy of the add-one-smoothed unigram model of the training tokens on the masked targets: the loss of
-    a model that learned the token frequencies and nothing of the context."""
-    import numpy as np
-
-    tokens = torch.from_numpy(np.asarray(train_blocks, dtype=np.int64).reshape(-1))
-    counts = torch.bincount(tokens, minlength=vocab_size).double() + 1.0
-    targets = labels[labels != -100]
-    return float(-(counts / counts.sum()).log()[targets].mean())
-
-
 def _pretrain_args(b: GrowBenchArgs, name: str, grow: str | None):
     from ..training.args import PretrainArgs
 
@@ -167,7 +158,8 @@ def _train(b: GrowBenchArgs, name: str, grow: str | None, data: tuple | None) ->
     print(f"[grow-bench] training {name} ({b.steps} steps)", flush=True)
     run.trainer.train()
     shape = f"{run.model.config.num_hidden_layers} layers, FFN {run.model.config.intermediate_size}"
-    unigram = unigram_mlm_loss(run.train_dataset.with_format("numpy")["input_ids"], labels, run.config.vocab_size)
+    unigram = unigram_loss(run.train_dataset.with_format("numpy")["input_ids"], labels, run.config.vocab_size,
+                           unigram_special_ids(run.tokenizer, "bert"))  # fmt: skip
     return clock.points, (run.tokenizer, run.train_dataset, run.eval_dataset), shape, unigram
 
 

@@ -67,6 +67,7 @@ class _DeepLNConfig(PretrainedConfig):
     _deepln_auto_map = {}
 
     def __init__(self, **kwargs: Any):
+        saved_before_final_layer_norm = "transformers_version" in kwargs and "final_layer_norm" not in kwargs
         for name, default in {**_COMMON_DEFAULTS, **self._family_defaults}.items():
             setattr(self, name, kwargs.pop(name, default))
         if self.intermediate_size is None and isinstance(self.hidden_size, int):
@@ -80,13 +81,13 @@ class _DeepLNConfig(PretrainedConfig):
                 self.post_norm_form = "ln"
             else:
                 self.post_norm_form = scheme.default_post_norm_form if scheme else None
-        if self.final_layer_norm is None and isinstance(getattr(self, "residual_norm", None), str):
-            # stored explicitly for the same reason; a config saved before the field existed gets the rule then:
-            # a final LayerNorm for the Pre-LN family only
-            scheme = RESIDUAL_SCHEMES.get(self.residual_norm)
-            if "transformers_version" in kwargs and scheme is not None:
+        scheme = RESIDUAL_SCHEMES.get(getattr(self, "residual_norm", None) or "")
+        if self.final_layer_norm is None and scheme is not None:
+            # stored explicitly for the same reason; a config saved before the field existed (no key at all, an
+            # explicit None asks for the default) was built with the rule of then: the Pre-LN family only
+            if saved_before_final_layer_norm:
                 self.final_layer_norm = scheme.final_norm
-            elif scheme is not None:
+            else:
                 self.final_layer_norm = scheme.default_final_norm(self.post_norm_form)
         # A complete auto_map, so AutoModel / any head loads a folder saved from any head (remote code).
         kwargs.setdefault("auto_map", dict(self._deepln_auto_map))

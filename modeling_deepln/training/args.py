@@ -47,6 +47,9 @@ class PretrainArgs:
     post_norm_form: str | None = None
     """Post-LN family only: ``ln`` = ``LN(α·x + G(x))`` or ``alpha_plus_ln`` = ``α·s + LN(s)``, ``s = x + G(x)``
     (default: the preset's, or the scheme's default when ``--residual-norm`` changes the scheme)."""
+    final_layer_norm: bool | None = None
+    """A final LayerNorm before the head (``--no-final-layer-norm``: none; default: the preset's, or the scheme's
+    default for the Pre-LN schemes and the ``alpha_plus_ln`` form when the scheme or form changes)."""
     num_layers: int | None = None
     """Override ``num_hidden_layers``."""
     hidden_size: int | None = None
@@ -157,6 +160,8 @@ class FinetuneArgs:
     """With ``preset``: override the residual-normalization scheme."""
     post_norm_form: str | None = None
     """With ``preset``: the Post-LN family's form, ``ln`` or ``alpha_plus_ln`` (default: as for ``pretrain``)."""
+    final_layer_norm: bool | None = None
+    """With ``preset``: a final LayerNorm before the head, on or off (default: as for ``pretrain``)."""
     num_layers: int | None = None
     """With ``preset``: override ``num_hidden_layers``."""
     hidden_size: int | None = None

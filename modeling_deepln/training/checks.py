@@ -125,6 +125,8 @@ def config_overrides(a: PretrainArgs | FinetuneArgs) -> dict[str, Any]:
         overrides["post_norm_form"] = None
     if getattr(a, "post_norm_form", None) is not None:
         overrides["post_norm_form"] = a.post_norm_form
+    if getattr(a, "final_layer_norm", None) is not None:
+        overrides["final_layer_norm"] = a.final_layer_norm
     if a.num_layers is not None:
         overrides["num_hidden_layers"] = a.num_layers
     if a.hidden_size is not None:
@@ -137,7 +139,7 @@ def config_overrides(a: PretrainArgs | FinetuneArgs) -> dict[str, Any]:
     if a.vocab_size is not None:
         overrides["vocab_size"] = a.vocab_size
     for key, value in overrides.items():
-        if isinstance(value, int) and value < 1:
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
             raise DeepLNInputError(f"{key} must be a positive integer, got {value}.")
     return overrides
 

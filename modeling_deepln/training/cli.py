@@ -17,6 +17,7 @@ __all__ = ["SUBCOMMANDS", "add_model_shape_arguments", "add_optimisation_argumen
 def add_model_shape_arguments(parser: argparse.ArgumentParser, docs: dict[str, str]) -> None:
     add_option(parser, docs, "--residual-norm", "residual_norm", metavar="SCHEME")
     add_option(parser, docs, "--post-norm-form", "post_norm_form", choices=["ln", "alpha_plus_ln"])
+    add_option(parser, docs, "--final-layer-norm", "final_layer_norm", action=argparse.BooleanOptionalAction)
     add_option(parser, docs, "--num-layers", "num_layers", type=int, metavar="N")
     add_option(parser, docs, "--hidden-size", "hidden_size", type=int, metavar="N")
     add_option(parser, docs, "--num-heads", "num_heads", type=int, metavar="N")

@@ -43,7 +43,7 @@ from .checks import (
     model_family,
     resume_checkpoint,
 )
-from .metrics import masked_unigram_perplexity, perplexity, unigram_perplexity
+from .metrics import masked_unigram_perplexity, perplexity, unigram_perplexity, unigram_special_ids
 from .reporting import print_samples, report_pretraining
 from .trainer_setup import (
     default_output_dir,
@@ -410,18 +410,19 @@ def train_lm(run: PretrainRun) -> dict[str, Any]:
 
 def evaluate_after_training(run: PretrainRun, before: dict[str, float]) -> dict[str, float]:
     """Step 5c: held-out loss and perplexity, and ``perplexity_unigram``: what a model that learned only the token
-    frequencies scores on the same targets (GPT: every next token; BERT: the maskable, i.e. non-special, tokens)."""
+    frequencies scores on the same targets (GPT: every next token; BERT: the masked held-out positions), as defined
+    by :func:`~.metrics.unigram_loss`."""
     metrics = run.trainer.evaluate()
     metrics["perplexity"] = perplexity(metrics["eval_loss"])
     metrics.update(before)
     train_ids = run.train_dataset.with_format("numpy")["input_ids"]
-    eval_ids = run.eval_dataset.with_format("numpy")["input_ids"]
+    special = unigram_special_ids(run.tokenizer, run.family)
     if run.family == "gpt":
-        metrics["perplexity_unigram"] = unigram_perplexity(train_ids, eval_ids, run.config.vocab_size)
-    else:
-        metrics["perplexity_unigram"] = masked_unigram_perplexity(
-            train_ids, eval_ids, run.config.vocab_size, run.tokenizer.all_special_ids
-        )
+        eval_ids = run.eval_dataset.with_format("numpy")["input_ids"]
+        metrics["perplexity_unigram"] = unigram_perplexity(train_ids, eval_ids, run.config.vocab_size, special)
+    else:  # the masked positions the held-out loss scores (masked once, see mask_once)
+        labels = run.trainer.eval_dataset.with_format("numpy")["labels"]
+        metrics["perplexity_unigram"] = masked_unigram_perplexity(train_ids, labels, run.config.vocab_size, special)
     metrics["eval_samples"] = len(run.eval_dataset)
     return metrics
 

@@ -92,7 +92,7 @@ def print_benchmark_rows(run: Any, metrics: dict[str, float]) -> list[str]:
     """After a run with the preset's own scheme: how the schemes it does not use fared in the same budget, from the
     stored benchmark rows, each with the one flag that switches to it. Returns the printed lines."""
     a = run.args
-    if a.residual_norm is not None or a.post_norm_form is not None:
+    if a.residual_norm is not None or a.post_norm_form is not None or a.final_layer_norm is not None:
         return []
     lines = []
     for row in load_benchmark_rows(a.preset):
