@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def print_table(path: str) -> None:
         curve = ", ".join(f"{k}: {loss:.2f}" for k, loss in r["curve"])
         print(f"| {r['family'].upper()} | `{r['name']}`{' (' + r['status'] + ')' if r['status'] != 'ok' else ''} | "
               f"{r['lr']:g}, {r['schedule']} | {curve} ({r['unigram']:.2f}) | {r['ppl_ratio']:.2f}x | "
-              f"{r['cpu_s_per_step']:.1f} |")
+              f"{'–' if r['cpu_s_per_step'] is None else format(r['cpu_s_per_step'], '.1f')} |")
 
 
 if a.table:
@@ -143,23 +144,28 @@ order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(a.
 curve = [(0, evaluate())]
 print(f"{a.name}: unigram {uni:.3f}, step 0 held-out {curve[0][1]:.3f}", flush=True)
 cpu0, wall0, status, train_losses = time.process_time(), time.monotonic(), "ok", []
-for step in range(1, a.steps + 1):
-    rows = [train_ds[order[(step * a.batch + i) % len(order)]] for i in range(a.batch)]
-    batch = collate(rows)
-    loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
-    loss.backward()
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
-    if not math.isfinite(float(loss)) or not math.isfinite(grad_norm):
-        status = f"diverged at step {step}"
-        break
-    opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-    train_losses.append(float(loss))
-    if step % a.eval_every == 0 or step == a.steps:
-        curve.append((step, evaluate()))
-        cpu = time.process_time() - cpu0
-        print(f"{a.name} step {step}: held-out {curve[-1][1]:.3f} (unigram {uni:.3f}), train {loss:.3f}, "
-              f"grad norm {grad_norm:.3g}, {cpu / step:.2f} CPU-s/step, {(time.monotonic() - wall0) / step:.2f} s/step",
-              flush=True)
+signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill PID` stores the row of the steps done so far
+try:
+    steps = range(1, a.steps + 1)
+    for step in steps:
+        rows = [train_ds[order[(step * a.batch + i) % len(order)]] for i in range(a.batch)]
+        batch = collate(rows)
+        loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+        if not math.isfinite(float(loss.detach())) or not math.isfinite(grad_norm):
+            status = f"diverged at step {step}"
+            break
+        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        train_losses.append(float(loss))
+        if step % a.eval_every == 0 or step == a.steps:
+            curve.append((step, evaluate()))
+            cpu = time.process_time() - cpu0
+            print(f"{a.name} step {step}: held-out {curve[-1][1]:.3f} (unigram {uni:.3f}), train {loss:.3f}, "
+                  f"grad norm {grad_norm:.3g}, {cpu / step:.2f} CPU-s/step, {(time.monotonic() - wall0) / step:.2f} s/step",
+                  flush=True)
+except KeyboardInterrupt:
+    status = f"stopped after step {len(train_losses)}"
 steps_done = len(train_losses)
 cpu = time.process_time() - cpu0
 row = dict(family=a.family, name=a.name, layers=a.layers, hidden=a.hidden, heads=a.heads, batch=a.batch, seq=a.seq,
