@@ -388,8 +388,9 @@ def test_sinusoidal_position_init_is_vaswanis_table_and_survives_loading(make, c
     d, sigma = config.hidden_size, config.initializer_range
     for p, i in [(0, 0), (3, 0), (5, 2), (17, 7), (63, 15)]:
         angle = p / 10000 ** (2 * i / d)
-        assert float(weight.detach()[p, 2 * i]) == pytest.approx(sigma * math.sin(angle), abs=1e-7)
-        assert float(weight.detach()[p, 2 * i + 1]) == pytest.approx(sigma * math.cos(angle), abs=1e-7)
+        tolerance = 1e-6 * sigma * (1 + angle)  # a float32 angle is off by up to eps·angle rad (eps = 1.2e-7)
+        assert float(weight.detach()[p, 2 * i]) == pytest.approx(sigma * math.sin(angle), abs=tolerance)
+        assert float(weight.detach()[p, 2 * i + 1]) == pytest.approx(sigma * math.cos(angle), abs=tolerance)
     assert weight.requires_grad
     with torch.no_grad():
         weight.add_(0.5)  # "trained"
@@ -423,9 +424,9 @@ def test_pre_ln_gpt_matches_transformers_gpt2(layers, attn):
         want = reference(ids, **kwargs).logits
         got = model(ids, **kwargs).logits
         keep = kwargs.get("attention_mask", torch.ones_like(ids)).bool()
-        torch.testing.assert_close(got[keep], want[keep], atol=1e-5, rtol=0)
+        torch.testing.assert_close(got[keep], want[keep], atol=1e-5, rtol=1e-5)
     labels = ids.clone()
-    torch.testing.assert_close(model(ids, labels=labels).loss, reference(ids, labels=labels).loss, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model(ids, labels=labels).loss, reference(ids, labels=labels).loss, atol=0, rtol=1e-5)
 
 
 @pytest.mark.parametrize("layers", [1, 3, 6])
@@ -448,7 +449,7 @@ def test_post_ln_bert_matches_transformers_bert(layers, attn):
         want = reference(ids, **kwargs).logits
         got = model(ids, **kwargs).logits
         keep = kwargs.get("attention_mask", torch.ones_like(ids)).bool()
-        torch.testing.assert_close(got[keep], want[keep], atol=1e-5, rtol=0)
+        torch.testing.assert_close(got[keep], want[keep], atol=1e-5, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -522,9 +523,9 @@ def test_sdpa_matches_eager_and_mask_is_optional(scheme):
         model = cls(make(residual_norm=scheme)).eval()
         ids = torch.randint(3, 97, (2, 11))
         sdpa = model(ids).logits
-        torch.testing.assert_close(model(ids, attention_mask=torch.ones_like(ids)).logits, sdpa, atol=1e-6, rtol=0)
+        torch.testing.assert_close(model(ids, attention_mask=torch.ones_like(ids)).logits, sdpa, atol=1e-5, rtol=1e-5)
         model.set_attn_implementation("eager")
-        torch.testing.assert_close(model(ids).logits, sdpa, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(ids).logits, sdpa, atol=1e-5, rtol=1e-5)
 
 
 def test_padding_does_not_change_real_tokens():
@@ -535,12 +536,12 @@ def test_padding_does_not_change_real_tokens():
     mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 8, dtype=torch.long)], dim=1)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     torch.testing.assert_close(
-        gpt(padded, attention_mask=mask, position_ids=position_ids).logits[:, 3:], gpt(ids).logits, atol=1e-5, rtol=0
+        gpt(padded, attention_mask=mask, position_ids=position_ids).logits[:, 3:], gpt(ids).logits, atol=1e-5, rtol=1e-5
     )
     bert = DeepLNBertForMaskedLM(tiny_bert(residual_norm="upscale_ln")).eval()
     padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], dim=1)
     mask = torch.cat([torch.ones(1, 8, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)], dim=1)
-    torch.testing.assert_close(bert(padded, attention_mask=mask).logits[:, :8], bert(ids).logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(bert(padded, attention_mask=mask).logits[:, :8], bert(ids).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_gpt_sequence_classification_pools_last_real_token():
@@ -550,11 +551,11 @@ def test_gpt_sequence_classification_pools_last_real_token():
     alone = model(ids).logits
     right_padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], dim=1)
     mask = (right_padded != 0).long()
-    torch.testing.assert_close(model(right_padded, attention_mask=mask).logits, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model(right_padded, attention_mask=mask).logits, alone, atol=1e-5, rtol=1e-5)
     batch = torch.cat([right_padded, torch.randint(3, 97, (1, 10))])
     out = model(batch, attention_mask=(batch != 0).long(), labels=torch.tensor([2, 0]))
-    torch.testing.assert_close(out.logits[:1], alone, atol=1e-5, rtol=0)
-    assert out.loss.item() == pytest.approx(F.cross_entropy(out.logits, torch.tensor([2, 0])).item(), rel=1e-6)
+    torch.testing.assert_close(out.logits[:1], alone, atol=1e-5, rtol=1e-5)
+    assert out.loss.item() == pytest.approx(F.cross_entropy(out.logits, torch.tensor([2, 0])).item(), rel=1e-5)
 
 
 def test_bert_sequence_classification_uses_pooled_cls_and_regression():
@@ -611,7 +612,7 @@ def test_gradient_checkpointing_gives_identical_loss_and_grads(cls, make):
     ckpt_loss, ckpt_grads = loss_and_grads()
     assert torch.equal(plain_loss, ckpt_loss)
     for a, b in zip(plain_grads, ckpt_grads):
-        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * max(float(g.abs().max()) for g in plain_grads))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -719,4 +720,4 @@ def test_lm_head_transform_is_applied_before_the_tied_decoder(tmp_path):
     torch.testing.assert_close(model(ids).logits, want, atol=1e-5, rtol=1e-5)
     assert model.lm_head.weight is model.transformer.token_embeddings.weight
     model.save_pretrained(tmp_path)
-    torch.testing.assert_close(DeepLNGPTForCausalLM.from_pretrained(tmp_path)(ids).logits, want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(DeepLNGPTForCausalLM.from_pretrained(tmp_path)(ids).logits, model(ids).logits, atol=0, rtol=0)

@@ -78,7 +78,7 @@ def test_monitor_matches_hand_computed_norms(residual_norm):
     assert values["grad_norm"][g] == pytest.approx(group_norm(grads, prefixes), rel=1e-5)
     delta = {name: after[name] - before[name] for name in before}
     expected_update = group_norm(delta, prefixes) / group_norm(before, prefixes)
-    assert values["update_size"][g] == pytest.approx(expected_update, rel=1e-4)
+    assert values["relative_update"][g] == pytest.approx(expected_update, rel=1e-4)
     assert values["stream_norm"][g] == pytest.approx(float(attn_out.norm(dim=-1).mean()), rel=1e-5)
     assert values["branch_ratio"][g] == pytest.approx(float(branch.norm() / skip.norm()), rel=1e-5)
     assert values["position_cosine"][g] == pytest.approx(plain_cosine(attn_out), abs=1e-5)
@@ -90,9 +90,9 @@ def test_monitor_matches_hand_computed_norms(residual_norm):
 
 def test_position_cosine_extremes():
     same = torch.randn(1, 1, 8).expand(2, 5, 8)
-    assert float(mean_position_cosine(same)) == pytest.approx(1.0, abs=1e-6)
+    assert float(mean_position_cosine(same)) == pytest.approx(1.0, abs=1e-5)
     orthogonal = torch.eye(6).unsqueeze(0)
-    assert float(mean_position_cosine(orthogonal)) == pytest.approx(0.0, abs=1e-6)
+    assert float(mean_position_cosine(orthogonal)) == pytest.approx(0.0, abs=1e-5)
 
 
 def test_monitor_only_hooks_monitored_steps_and_names_first_non_finite(capsys):
@@ -273,6 +273,57 @@ def test_finetune_flag_attaches_the_monitor(tmp_path):
           "--max-seq-len", "16", "--max-steps", "2", "--report-to", "none", "--no-progress", "--monitor-every", "1"])  # fmt: skip
     records = [json.loads(line) for line in (out / "monitor.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and len(records[0]["sublayers"]) == 4
+
+
+def _activation_values(model, ids, mask=None):
+    """The monitor's activation measures of one forward pass (no optimizer step)."""
+    monitor = LayerMonitor(every=1, tensorboard=False, plots=False).attach(model)
+    state = SimpleNamespace(global_step=0, is_world_process_zero=True)
+    monitor.on_step_begin(None, state, None)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    monitor.on_step_end(None, state, None)
+    return {q: torch.tensor(v) for q, v in monitor.records[-1]["values"].items()}
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert"])
+def test_monitor_leaves_padded_positions_out(family):
+    """A right-padded batch measures what its sequences measure alone: the stream norm is the token-weighted mean
+    of theirs, the position cosine the mean of theirs, and nothing depends on what the padded positions hold."""
+    from modeling_deepln import DeepLNBertConfig, DeepLNBertForMaskedLM
+
+    if family == "gpt":
+        model = tiny_gpt("post_ln").eval()
+    else:
+        torch.manual_seed(0)
+        model = DeepLNBertForMaskedLM(DeepLNBertConfig(
+            vocab_size=40, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=16, residual_norm="post_ln", hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0, pad_token_id=0)).eval()  # fmt: skip
+    generator = torch.Generator().manual_seed(3)
+    a, b = torch.randint(1, 40, (1, 7), generator=generator), torch.randint(1, 40, (1, 4), generator=generator)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    padded = [torch.cat([a, torch.cat([b, fill], dim=1)]) for fill in (torch.zeros(1, 3, dtype=torch.long),
+                                                                       torch.randint(1, 40, (1, 3), generator=generator))]  # fmt: skip
+    alone_a, alone_b = _activation_values(model, a), _activation_values(model, b)
+    first, second = (_activation_values(model, ids, mask) for ids in padded)
+    # float32 sums of 11 token norms / 7-token unit-vector sums: relative error ~1e-6; 1e-5 leaves a margin
+    torch.testing.assert_close(first["stream_norm"], (7 * alone_a["stream_norm"] + 4 * alone_b["stream_norm"]) / 11,
+                               rtol=1e-5, atol=0)  # fmt: skip
+    torch.testing.assert_close(first["position_cosine"], (alone_a["position_cosine"] + alone_b["position_cosine"]) / 2,
+                               rtol=0, atol=1e-5)  # fmt: skip
+    for quantity in ("stream_norm", "branch_ratio", "position_cosine"):
+        torch.testing.assert_close(first[quantity], second[quantity], rtol=1e-5, atol=1e-6)
+
+
+def test_monitor_records_of_earlier_versions_read_with_todays_names(tmp_path):
+    from modeling_deepln.stability.monitor import load_monitor_records
+
+    old = {"step": 1, "values": {"grad_norm": [1.0], "update_size": [0.01]}, "measured": ["grad_norm", "update_size"]}
+    (tmp_path / "monitor.jsonl").write_text(__import__("json").dumps(old) + "\n")
+    (record,) = load_monitor_records(tmp_path / "monitor.jsonl")
+    assert record["values"]["relative_update"] == [0.01] and record["measured"] == ["grad_norm", "relative_update"]
+    assert "relative_update" in QUANTITIES and "update_size" not in QUANTITIES
 
 
 # ------------------------------------------------------------------------------------------ the depth-1,000 mode

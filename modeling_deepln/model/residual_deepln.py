@@ -20,10 +20,10 @@ The Post-LN family (``norm_position="post"``) has two forms of the normalisation
 ``config.post_norm_form`` (:data:`POST_NORM_FORMS`):
 
 * ``"ln"``: ``x = LN(α·x + G(x))``, the table above (DeepNet's equation; FoundationLayerNorm as reconstructed
-  from a third-party summary, methods.md §5); the default of every Post-LN scheme but ``foundation_ln``;
+  from a third-party summary of arXiv 2204.04477); the default of every Post-LN scheme but ``foundation_ln``;
 * ``"alpha_plus_ln"``: ``s = x + G(x)``, ``x = α·s + LN(s)``: the FoundationLayerNorm author's own normalization
   module (``ShenDezhou/DeepLayerNorm``, ``forward(x) = α·x + LN(x)``) put where Post-LN has ``LN(s)``
-  (methods.md §5.1, "a second reading"); the default of ``foundation_ln`` (measured, see :class:`FoundationLN`).
+  (a second reading of the paper); the default of ``foundation_ln`` (measured, see :class:`FoundationLN`).
   With α < 1 the stream stays bounded (≈ |LN| / (1 − α)); with α > 1 it
   grows as α^(2N) and overflows at depth. The last hidden state is not normalised in this form, so a new config
   in it ends with a final LayerNorm (:meth:`ResidualScheme.default_final_norm`).
@@ -35,7 +35,7 @@ formula of the depth, so one scheme serves both families. "--" means the weights
 ``N(0, initializer_range)`` init. A scheme is registered in :data:`RESIDUAL_SCHEMES`; adding a scheme means
 adding one class here and nothing else.
 
-Sources (details and status tags in the project's ``methods.md``):
+Sources:
 
 * Post-LN / Pre-LN: Vaswani et al. 2017; Xiong et al. 2020; ``microsoft/torchscale``
   ``architecture/encoder.py`` (``EncoderLayer.forward``).
@@ -174,8 +174,8 @@ class UpscaleLN(ResidualScheme):
     """Upscale LayerNorm, the BERT variant of FoundationLayerNorm: ``x_{i+1} = LN(α·x_i + G_i(x_i))`` with
     ``α = (2N)^(1/4)`` and **no** β weight scaling (weights keep the standard ``N(0, 0.02)`` init).
 
-    [RECON] The paper (arXiv 2204.04477 §4.1) says it "revises DeepNorm by keeping the Layer Normalization but
-    holding the weights within the residual branch, instead of scaling with β"; its equation was lost in
+    Reconstructed: the paper (arXiv 2204.04477 §4.1) says it "revises DeepNorm by keeping the Layer Normalization
+    but holding the weights within the residual branch, instead of scaling with β"; its equation was lost in
     extraction. Form and α are reconstructed from a third-party summary of the paper and the author's own code
     (``ShenDezhou/DeepLayerNorm``: ``alpha = (2 * NUMBER_LAYER) ** 0.25``). Post-LN placement and the absence of
     a final LayerNorm are deepln choices (the paper is silent).
@@ -196,17 +196,18 @@ class FoundationLN(ResidualScheme):
 
     * ``"alpha_plus_ln"`` (the default since it was measured): ``s = x_i + G_i(x_i)``,
       ``x_{i+1} = α·s + LN(s)``, the author's own normalization module (``ShenDezhou/DeepLayerNorm``,
-      ``forward(x) = α·x + LN(x)``) placed where Post-LN has ``LN(s)`` (methods.md §5.1);
-    * ``"ln"``: ``x_{i+1} = LN(α·x_i + G_i(x_i))`` (methods.md §5, from a third-party summary of the paper).
+      ``forward(x) = α·x + LN(x)``) placed where Post-LN has ``LN(s)``;
+    * ``"ln"``: ``x_{i+1} = LN(α·x_i + G_i(x_i))`` (from a third-party summary of the paper).
 
     Why the default is ``"alpha_plus_ln"``: on the embedded corpus (hidden 64, batch 16 × 128, tied bare head)
     the ``"ln"`` reading ends on the unigram solution with every position identical, at 4 layers as at 48
     (held-out loss 7.41 against the unigram model's 7.40, 48 layers, lr 2e-3, 10 % warmup, 300 steps), while
-    ``"alpha_plus_ln"`` learns the context (6.51 in the same run; 6.23 at 4 layers): issue 9, methods.md §5.1,
-    ``docs/collapse-study.md`` and ``configuration/benchmarks/``. Configs saved before the switch existed load
-    with ``"ln"`` (what they were trained with).
+    ``"alpha_plus_ln"`` learns the context (6.51 in the same run; 6.23 at 4 layers): the deepln README ("Why the
+    Post-LN family learns only the token frequencies here"), ``docs/collapse-study.md`` and
+    ``configuration/benchmarks/``. Configs saved before the switch existed load with ``"ln"`` (what they were
+    trained with).
 
-    [RECON] The paper (arXiv 2204.04477 §5) calls α "a constant parameter from experience"; its equation was
+    Reconstructed: the paper (arXiv 2204.04477 §5) calls α "a constant parameter from experience"; its equation was
     lost in extraction. The value 0.974 comes from a single third-party summary of the paper and could not be
     checked against the PDF, so it is a default, overridable with ``config.residual_alpha``. Post-LN placement
     is a deepln choice. In the ``"alpha_plus_ln"`` form the last hidden state is not normalised (its norm grows
@@ -237,8 +238,8 @@ class NormFormer(ResidualScheme):
     found it helps only small models). Head scales are applied before ``W^O`` as in the paper by default, or
     after it as in fairseq (``normformer_head_scale_position="after_out_proj"``). All new scales start at 1,
     new LayerNorms at weight 1 / bias 0. Source: arXiv 2110.09456 §2; fairseq
-    ``TransformerDecoderLayerBase``. The encoder (BERT) form applies the same operations by analogy [RECON]:
-    fairseq implements them in the decoder layer only.
+    ``TransformerDecoderLayerBase``. The encoder (BERT) form applies the same operations by analogy (a
+    reconstruction): fairseq implements them in the decoder layer only.
     """
 
     name = "normformer"

@@ -71,7 +71,7 @@ def add_stability_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(values: dict):
-    from ..training import DeepLNInputError
+    from ..errors import DeepLNInputError
     from .grid import GridSettings, split_scheme
 
     names = {f.name for f in fields(GridSettings)}

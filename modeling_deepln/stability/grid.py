@@ -4,7 +4,7 @@ Grid: residual schemes × depths × peak learning rates × warmup ratios, for th
 families, each cell a fresh model trained for the same number of steps with ``transformers.Trainer`` (AdamW, cosine
 decay, gradient clipping 1.0) on the embedded corpus, with the per-layer :class:`~.monitor.LayerMonitor` attached.
 A scheme is a ``residual_norm`` name, optionally with a post-norm form: ``foundation_ln:alpha_plus_ln`` is
-FoundationLayerNorm read as the author's module ``α·s + LN(s)`` (methods.md §5.1).
+FoundationLayerNorm read as the author's module ``α·s + LN(s)`` (``ShenDezhou/DeepLayerNorm``).
 
 Each cell ends in one failure mode (:func:`classify`), with the step it showed:
 
@@ -395,7 +395,7 @@ def train_cell(
 def early_update(monitor: Any, layer: int, early_steps: int) -> float:
     """Mean ``‖ΔW‖/‖W‖`` of one layer (both sublayers) over the monitored steps ``≤ early_steps``."""
     groups = [g for g, sub in enumerate(monitor.sublayers) if sub.layer == layer]
-    values = [r["values"]["update_size"][g] for r in monitor.records if r["step"] <= max(early_steps, 1) for g in groups]
+    values = [r["values"]["relative_update"][g] for r in monitor.records if r["step"] <= max(early_steps, 1) for g in groups]
     return sum(values) / len(values) if values else float("nan")
 
 
@@ -405,7 +405,7 @@ def early_update_profile(monitor: Any, early_steps: int) -> dict[str, Any]:
     records = [r for r in monitor.records if r["step"] <= max(early_steps, 1)]
     updates = []
     for record in records:
-        row = record["values"]["update_size"]
+        row = record["values"]["relative_update"]
         per_layer = [[] for _ in range(layers)]
         for g, sub in enumerate(monitor.sublayers):
             per_layer[sub.layer].append(row[g])

@@ -3,7 +3,8 @@
 * :func:`plot_monitor_heatmaps`: the per-layer monitor's records as layer × step heatmaps, one panel per quantity.
 * :func:`write_table`: the grid's rows as CSV and a Markdown table; :func:`markdown_table` the Markdown alone.
 * :func:`plot_loss_vs_depth`: final held-out loss against depth, one line per scheme, the unigram loss dashed.
-* :func:`plot_early_updates`: update size ``‖ΔW‖/‖W‖`` per layer over the first steps, one panel per scheme.
+* :func:`plot_early_updates`: relative parameter update ``‖ΔW‖/‖W‖`` per layer over the first steps, one panel
+  per scheme.
 * :func:`plot_grid_heatmaps`: one monitor quantity as a layer × step heatmap per grid run, titled with its verdict.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 __all__ = ["plot_monitor_heatmaps", "plot_grid_heatmaps", "markdown_table", "write_table", "plot_loss_vs_depth",
            "plot_early_updates"]
 
-_LOG_SCALE = {"grad_norm", "update_size", "stream_norm", "branch_ratio"}
+_LOG_SCALE = {"grad_norm", "relative_update", "stream_norm", "branch_ratio"}
 
 
 def _pyplot():

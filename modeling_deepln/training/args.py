@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..errors import DeepLNInputError  # also importable from here (its old home)
 from ..presets import PRESETS_DIR
 
 __all__ = [
@@ -26,10 +27,6 @@ __all__ = [
 
 RECIPES_DIR = PRESETS_DIR / "recipes"
 """Folder of the training recipes ``<preset>.json`` (next to the preset configs)."""
-
-
-class DeepLNInputError(ValueError):
-    """Bad input found before training started (the CLI prints it as ``deepln: error: ...`` and exits with 2)."""
 
 
 @dataclass
@@ -144,8 +141,9 @@ class PretrainArgs:
     """CompoundGrow schedule (``compound``, ``stack`` or stages like ``depth=1/4,ffn_share=2,pool=2@0.2;...;depth=full``):
     start small and grow depth/FFN width/sequence length during training (see ``modeling_deepln.growth``)."""
     monitor_every: int | None = None
-    """Record per-layer gradient norms, update sizes, stream norms, branch/skip ratios and position collapse every K
-    steps (``modeling_deepln.stability.LayerMonitor``: TensorBoard, ``monitor.jsonl``, ``monitor_heatmaps.png``)."""
+    """Record per-layer gradient norms, relative parameter updates ``‖ΔW‖/‖W‖``, stream norms, branch/skip ratios and
+    position collapse every K steps (``modeling_deepln.stability.LayerMonitor``: TensorBoard, ``monitor.jsonl``,
+    ``monitor_heatmaps.png``)."""
 
 
 @dataclass
@@ -246,8 +244,9 @@ class FinetuneArgs:
     disable_tqdm: bool = False
     """Hide the progress bar."""
     monitor_every: int | None = None
-    """Record per-layer gradient norms, update sizes, stream norms, branch/skip ratios and position collapse every K
-    steps (``modeling_deepln.stability.LayerMonitor``: TensorBoard, ``monitor.jsonl``, ``monitor_heatmaps.png``)."""
+    """Record per-layer gradient norms, relative parameter updates ``‖ΔW‖/‖W‖``, stream norms, branch/skip ratios and
+    position collapse every K steps (``modeling_deepln.stability.LayerMonitor``: TensorBoard, ``monitor.jsonl``,
+    ``monitor_heatmaps.png``)."""
 
 
 BUILTIN_PRETRAIN_DEFAULTS: dict[str, Any] = {
