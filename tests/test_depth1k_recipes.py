@@ -13,7 +13,7 @@ import pytest
 
 from modeling_deepln.cli import build_parser
 from modeling_deepln.training.args import DeepLNInputError, PretrainArgs, load_recipe, resolve_pretrain_args
-from modeling_deepln.training.checks import build_config, config_overrides
+from modeling_deepln.training.model_config import build_config, config_overrides
 from modeling_deepln.training.trainer_setup import training_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
