@@ -71,7 +71,7 @@ def print_table(path: str) -> None:
     for line in Path(path).read_text().splitlines():
         r = json.loads(line)
         curve = ", ".join(f"{k}: {loss:.2f}" for k, loss in r["curve"])
-        print(f"| {r['family'].upper()} | `{r['name']}`{' (' + r['status'] + ')' if r['status'] != 'ok' else ''} | "
+        print(f"| {r['family'].upper()} | `{r['name']}`{': ' + r['status'] if r['status'] != 'ok' else ''} | "
               f"{r['lr']:g}, {r['schedule']} | {curve} ({r['unigram']:.2f}) | {r['ppl_ratio']:.2f}x | "
               f"{'–' if r['cpu_s_per_step'] is None else format(r['cpu_s_per_step'], '.1f')} |")
 
