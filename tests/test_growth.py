@@ -90,7 +90,7 @@ def test_ffn_unsharing_without_symmetry_breaking_is_exact(name):
         after = model(ids).logits
     assert model.config.intermediate_size == 128
     assert all(block.mlp.fc1.out_features == 128 for block in model.base_model.layers)
-    torch.testing.assert_close(after, before, atol=2e-6, rtol=0)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5 * float(before.abs().max()))
 
 
 @pytest.mark.parametrize("name", list(MAKERS))
@@ -256,8 +256,8 @@ def test_stacking_the_alpha_plus_ln_form_keeps_the_function_or_refuses(form):
 @pytest.mark.parametrize("scheme,extra", [("foundation_ln", {}), ("upscale_ln", {"residual_alpha": 1.5})])
 def test_stacking_the_alpha_plus_ln_form_with_a_fixed_alpha_keeps_the_small_stack(scheme, extra):
     """α·s + LN(s) with an α that does not depend on depth (FoundationLayerNorm's 0.974, or a pinned residual_alpha):
-    the copied stack reproduces the small model's hidden states."""
-    model = bert(scheme, layers=2, post_norm_form="alpha_plus_ln", **extra)
+    the copied stack reproduces the small model's hidden states (compared before any final LayerNorm)."""
+    model = bert(scheme, layers=2, post_norm_form="alpha_plus_ln", final_layer_norm=False, **extra)
     ids, _ = batch()
     with torch.no_grad():
         small = model.bert(ids).last_hidden_state

@@ -6,8 +6,8 @@ with the masked-LM recipe of ``bert-deep-small`` (60 % masking, no dropout, sinu
 2e-3, 10 % warmup, cosine to 1e-4), the recipe with which the model learns more than the token frequencies. Arms:
 
 * ``full``: the full model from the start, one learning-rate schedule;
-* ``grow``: the growth schedule (default ``compound``: seed 002 §4 as fractions of the run) with the learning-rate
-  schedule restarted at each stage, as the authors do (``methods.md`` §7.4);
+* ``grow``: the growth schedule (default ``compound``: the paper's §4 as fractions of the run) with the learning-rate
+  schedule restarted at each stage, as the authors' code does (``grow_bert``);
 * ``grow-continue``: the same growth with one schedule through all stages (deepln's earlier choice), measured beside
   it so the restart is a measured decision.
 
@@ -20,7 +20,7 @@ excluded) are recorded.
   token frequencies and nothing of the context), so a target is reached only by using the context.
 * Time to target: the training time at which an arm's evaluation loss first reaches the target (linear
   interpolation between evaluations); for a growth arm only once it has its full shape.
-* Speedup: ``time_full / time_grow - 1``, the paper's definition (seed 002 Table 2: +73.6 % BERT-base, +82.2 %
+* Speedup: ``time_full / time_grow - 1``, the paper's definition (the paper's Table 2: +73.6 % BERT-base, +82.2 %
   BERT-large wall time, on TPUs at 1M steps).
 
 Prints a table and writes ``grow_bench.json`` and ``grow_bench.png`` (evaluation loss against training CPU time). The
@@ -44,7 +44,7 @@ from ..training.metrics import unigram_loss, unigram_special_ids
 __all__ = ["GrowBenchArgs", "grow_bench", "time_to_target", "PAPER_SPEEDUP"]
 
 PAPER_SPEEDUP = {"BERT-base": 0.736, "BERT-large": 0.822}
-"""CompoundGrow's wall-time speedup over the full model, seed 002 Table 2."""
+"""CompoundGrow's wall-time speedup over the full model, the paper's Table 2."""
 
 
 @dataclass
