@@ -88,7 +88,7 @@ def test_adam_beta2_and_fused_adamw_reach_the_trainer(tmp_path):
     assert (targs.adam_beta2, str(targs.optim.value)) == (0.98, "adamw_torch_fused")
     a, _ = resolve(["--preset", "gpt-1k", "--recipe", "paper"])  # the paper's Adam: AdamW without weight decay
     targs = training_arguments(a, output_dir=str(tmp_path), world=1)
-    assert (str(targs.optim.value), targs.weight_decay, targs.adam_beta2) == ("adamw_torch", 0.0, 0.999)
+    assert (str(targs.optim.value), targs.weight_decay, targs.adam_beta2) == ("adamw_torch_fused", 0.0, 0.999)
 
 
 def test_gpu_depth_check_dry_run_on_the_cpu(tmp_path):

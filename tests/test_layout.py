@@ -12,8 +12,8 @@ import pytest
 import modeling_deepln
 
 PACKAGE = Path(modeling_deepln.__file__).resolve().parent
-MODEL_FILES = {"configuration_deepln.py", "residual_deepln.py", "layers_deepln.py", "modeling_deepln_bert.py",
-               "modeling_deepln_gpt.py"}  # fmt: skip
+MODEL_FILES = {"configuration_deepln.py", "residual_deepln.py", "init_deepln.py", "layers_deepln.py",
+               "modeling_deepln_bert.py", "modeling_deepln_gpt.py"}  # fmt: skip
 
 
 @pytest.mark.parametrize("old, new", sorted(modeling_deepln.MOVED.items()))
@@ -42,7 +42,8 @@ def test_model_folder_is_exactly_the_remote_code():
                     node.module.split(".")[0]]
                 for root in roots:
                     assert root in {"torch", "transformers", "math", "dataclasses", "typing", "__future__",
-                                    "warnings", "difflib", "functools", "collections"}, (name, root)
+                                    "warnings", "difflib", "functools", "collections", "contextvars",
+                                    "contextlib", "concurrent"}, (name, root)
 
 
 def _functions(tree):

@@ -52,8 +52,8 @@ def stage_config(full_config: Any, stage: GrowthStage) -> Any:
 
 
 FAST_PATHS = ("sparse_mlm_loss", "fused_lm_loss")
-"""Training fast paths that are model instance attributes (not saved): a stage model built to replace a model
-takes them over, so a grown run trains with the same heads as a run of the full model."""
+"""Training fast paths of the model (config fields since they are saved with the config, so ``stage_config``'s copy
+already carries them; the copy below only matters for a model that set them as instance attributes)."""
 
 
 def stage_model(full_config: Any, stage: GrowthStage, model_class: type, like: nn.Module | None = None) -> nn.Module:

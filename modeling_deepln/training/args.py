@@ -91,8 +91,8 @@ class PretrainArgs:
     weight_decay: float | None = None
     """AdamW weight decay."""
     optim: str | None = None
-    """``adamw_torch``, ``adamw_torch_fused`` (the same update in one fused kernel per parameter group: about 3x
-    faster on a 1,000-layer model, which has ~16 tensors per layer) or ``adam`` (AdamW with weight decay 0)."""
+    """``adamw_torch`` (= ``adamw_torch_fused``) or ``adam`` (AdamW with weight decay 0); every choice runs torch's
+    fused AdamW (``trainer_setup.TORCH_OPTIMIZER``)."""
     adam_beta2: float | None = None
     """Adam's β2 (default 0.999; DeepNet trains with 0.98)."""
     precision: str | None = None
@@ -144,6 +144,9 @@ class PretrainArgs:
     """Record per-layer gradient norms, relative parameter updates ``‖ΔW‖/‖W‖``, stream norms, branch/skip ratios and
     position collapse every K steps (``modeling_deepln.stability.LayerMonitor``: TensorBoard, ``monitor.jsonl``,
     ``monitor_heatmaps.png``)."""
+    fsdp_blocks_per_unit: int | None = None
+    """Under an FSDP2 launcher config: shard K consecutive blocks as one FSDP unit (1: a unit per block; default
+    automatic, about 4M parameters per unit; see ``modeling_deepln.training.sharding``)."""
 
 
 @dataclass
@@ -208,7 +211,7 @@ class FinetuneArgs:
     weight_decay: float = 0.01
     """AdamW weight decay."""
     optim: str = "adamw_torch"
-    """``adamw_torch`` or ``adam``."""
+    """``adamw_torch`` or ``adam`` (AdamW without weight decay); both run torch's fused AdamW kernel."""
     precision: str = "fp32"
     """``fp32``, ``bf16`` or ``fp16``."""
     gradient_checkpointing: bool = False
@@ -247,6 +250,9 @@ class FinetuneArgs:
     """Record per-layer gradient norms, relative parameter updates ``‖ΔW‖/‖W‖``, stream norms, branch/skip ratios and
     position collapse every K steps (``modeling_deepln.stability.LayerMonitor``: TensorBoard, ``monitor.jsonl``,
     ``monitor_heatmaps.png``)."""
+    fsdp_blocks_per_unit: int | None = None
+    """Under an FSDP2 launcher config: shard K consecutive blocks as one FSDP unit (1: a unit per block; default
+    automatic, about 4M parameters per unit; see ``modeling_deepln.training.sharding``)."""
 
 
 BUILTIN_PRETRAIN_DEFAULTS: dict[str, Any] = {

@@ -35,6 +35,7 @@ from .metrics import masked_unigram_perplexity, perplexity, unigram_perplexity, 
 from .model_config import build_config, config_overrides, model_family
 from .output_dir import PREPARED_DIR, check_output_dir, clear_output_dir, resume_checkpoint
 from .reporting import print_samples, report_pretraining
+from .sharding import prepare_fsdp, save_model, unsharded_evaluation
 from .trainer_setup import (
     default_output_dir,
     find_callback,
@@ -383,7 +384,8 @@ def evaluate_before_training(run: PretrainRun) -> dict[str, float]:
     if run.resume_from and before_file.is_file():
         before = json.loads(before_file.read_text())
     else:
-        metrics = run.trainer.evaluate()
+        with unsharded_evaluation(run.trainer):
+            metrics = run.trainer.evaluate()
         undo_eval_prepare(run.model)
         before = {"eval_loss_before": metrics["eval_loss"], "perplexity_before": perplexity(metrics["eval_loss"])}
         if run.is_main:
@@ -406,6 +408,7 @@ def train_lm(run: PretrainRun) -> dict[str, Any]:
         start_step = json.loads((Path(run.resume_from) / "trainer_state.json").read_text()).get("global_step", 0)
         if run.is_main:
             print(f"[deepln] resuming from {run.resume_from} (step {start_step})", flush=True)
+    prepare_fsdp(run.trainer, run.model, a.fsdp_blocks_per_unit, run.is_main)
     start = time.monotonic()
     output = run.trainer.train(resume_from_checkpoint=run.resume_from)
     seconds = time.monotonic() - start
@@ -454,7 +457,7 @@ def evaluate_after_training(run: PretrainRun, before: dict[str, float]) -> dict[
 def save_and_report(run: PretrainRun, metrics: dict[str, float], training: dict[str, Any]) -> list[str]:
     """Step 6: save model, tokenizer, metrics and state; write ``loss.png`` and the model card; print samples."""
     trainer = run.trainer
-    trainer.save_model(str(run.output_dir))
+    save_model(trainer, str(run.output_dir))
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("train", training["train_metrics"])
     trainer.save_metrics("eval", metrics)
