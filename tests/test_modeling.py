@@ -467,25 +467,28 @@ def test_presets_are_listed_and_load_by_name_and_path():
 
 
 def test_bert_1k_preset_matches_paper():
+    """The paper's shape; the scheme is the one measured to learn at 1,000 layers (Pre-LN; the paper's Upscale LN is
+    ``--recipe paper``, tests/test_depth1k_recipes.py)."""
     config = load_preset("bert-1k")
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (1000, 64, 2)
-    assert (config.max_position_embeddings, config.vocab_size, config.residual_norm) == (512, 30522, "upscale_ln")
+    assert (config.max_position_embeddings, config.vocab_size, config.residual_norm) == (512, 30522, "pre_ln")
     model = DeepLNBertModel(config, add_pooling_layer=False)
     count = sum(p.numel() for p in model.parameters())
     d = 64
     embeddings = (30522 + 512 + 2) * d + 2 * d
-    assert count == embeddings + 1000 * _block_params(d, 256) == 51_970_432
+    assert embeddings + 1000 * _block_params(d, 256) == 51_970_432  # the paper's model: 52M
+    assert count == 51_970_432 + (2 * d if config.final_layer_norm else 0)  # Pre-LN's final LayerNorm
     assert abs(count - 52e6) / 52e6 < 0.005
 
 
 def test_gpt_1k_preset_matches_paper():
     config = load_preset("gpt-1k")
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (1000, 256, 1)
-    assert (config.max_position_embeddings, config.vocab_size, config.residual_norm) == (1024, 50257, "foundation_ln")
+    assert (config.max_position_embeddings, config.vocab_size, config.residual_norm) == (1024, 50257, "pre_ln")
     d = 256
     expected = (50257 + 1024) * d + 1000 * _block_params(d, 1024) + 50257 * d  # untied LM head
     assert expected == 815_753_728  # the paper's model: 815.5M
-    expected += 2 * d if config.final_layer_norm else 0  # deepln's final LayerNorm of the α·s + LN(s) form
+    expected += 2 * d if config.final_layer_norm else 0  # the final LayerNorm (Pre-LN; deepln's for α·s + LN(s))
     with torch.device("meta"):  # the count needs shapes only; building on meta skips 3 GB of allocation
         model = DeepLNGPTForCausalLM(config)
     count = sum(p.numel() for p in model.parameters())

@@ -186,11 +186,11 @@ def test_recipes_and_overrides():
     assert args.tokenizer is None and args.max_minutes
     args, _ = resolve_pretrain_args(PretrainArgs(lr=5e-4, seq_len=64))
     assert (args.lr, args.seq_len) == (5e-4, 64)
-    bert = load_recipe("bert-1k")
+    bert = load_recipe("bert-1k", "paper")
     assert bert["objective"] == "mlm" and bert["lr"] == 1e-4 and bert["min_lr"] == 1e-5
     assert bert["lr_schedule"] == "linear" and bert["precision"] == "fp16" and bert["seq_len"] == 512
     assert bert["tokenizer"] == "bert-base-uncased" and bert["weight_decay"] == 0.01 and bert["warmup_ratio"] == 0.01
-    gpt = load_recipe("gpt-1k")
+    gpt = load_recipe("gpt-1k", "paper")
     assert gpt["objective"] == "clm" and gpt["optim"] == "adam" and gpt["lr"] == 1e-5
     assert gpt["lr_schedule"] == "cosine" and gpt["weight_decay"] == 0 and gpt["precision"] == "fp32"
     assert gpt["seq_len"] == 1024 and gpt["tokenizer"] == "gpt2"

@@ -35,6 +35,10 @@ class PretrainArgs:
 
     preset: str = "gpt-deep-small"
     """Model preset name (``available_presets()``), a config JSON file or a model folder (its config, fresh weights)."""
+    recipe: str | None = None
+    """Which of the preset's recipes fills the unset arguments: ``None``, the preset's default
+    (``configuration/recipes/<preset>.json``), or a named one (``configuration/recipes/<preset>.<recipe>.json``;
+    ``paper``: the paper's recipe of the 1,000-layer presets, see the README section "1,000 layers")."""
     residual_norm: str | None = None
     """Override the residual-normalization scheme (``post_ln``, ``pre_ln``, ``deepnorm``, ``upscale_ln``, ...)."""
     post_norm_form: str | None = None
@@ -87,7 +91,10 @@ class PretrainArgs:
     weight_decay: float | None = None
     """AdamW weight decay."""
     optim: str | None = None
-    """``adamw_torch`` or ``adam`` (AdamW with weight decay 0)."""
+    """``adamw_torch`` (= ``adamw_torch_fused``) or ``adam`` (AdamW with weight decay 0); every choice runs torch's
+    fused AdamW (``trainer_setup.TORCH_OPTIMIZER``)."""
+    adam_beta2: float | None = None
+    """Adam's β2 (default 0.999; DeepNet trains with 0.98)."""
     precision: str | None = None
     """``fp32``, ``bf16`` or ``fp16`` (mixed precision; fp16 needs a GPU)."""
     gradient_checkpointing: bool | None = None
@@ -264,6 +271,7 @@ BUILTIN_PRETRAIN_DEFAULTS: dict[str, Any] = {
     "min_lr": None,
     "weight_decay": 0.01,
     "optim": "adamw_torch",
+    "adam_beta2": 0.999,
     "precision": "fp32",
     "gradient_checkpointing": False,
     "mlm_probability": 0.15,
@@ -274,42 +282,64 @@ BUILTIN_PRETRAIN_DEFAULTS: dict[str, Any] = {
 }
 """Defaults for presets without a recipe file (e.g. a config given as a path)."""
 
-_RECIPE_META_KEYS = ("objective", "description", "source")
+_RECIPE_META_KEYS = ("objective", "description", "source", "config")
 LR_SCHEDULES = ("linear", "cosine", "constant")
-OPTIMIZERS = ("adamw_torch", "adam")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adam")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def load_recipe(preset: str) -> dict[str, Any]:
-    """The training recipe of a preset (``configuration/recipes/<preset>.json``), or ``{}`` when it has none.
+def recipe_path(preset: str, recipe: str | None = None) -> Path | None:
+    """The file of a preset's recipe: ``recipes/<preset>.json``, or ``recipes/<preset>.<recipe>.json`` for a named
+    one; ``None`` when the preset (a path, or a name without a recipe file) has no default recipe.
+
+    Raises:
+        DeepLNInputError: a named recipe that the preset does not have (the message lists the ones it has).
+    """
+    name = Path(str(preset)).name
+    if recipe is None:
+        path = RECIPES_DIR / f"{name}.json"
+        return None if Path(str(preset)).suffix or not path.is_file() else path
+    path = RECIPES_DIR / f"{name}.{recipe}.json"
+    if not path.is_file():
+        named = sorted(p.name[len(name) + 1 : -len(".json")] for p in RECIPES_DIR.glob(f"{name}.*.json"))
+        raise DeepLNInputError(
+            f"Preset {preset!r} has no recipe {recipe!r}; its named recipes: {', '.join(named) or 'none'} "
+            "(leave --recipe out for the default one)."
+        )
+    return path
+
+
+def load_recipe(preset: str, recipe: str | None = None) -> dict[str, Any]:
+    """A training recipe of a preset (:func:`recipe_path`), or ``{}`` when it has none.
 
     Keys are :class:`PretrainArgs` field names plus ``objective`` (``"mlm"``/``"clm"``, checked against the preset's
-    family) and free-text ``description``/``source``; keys starting with ``_`` are comments.
+    family), free-text ``description``/``source``, and ``config``: model-config fields the recipe was measured with
+    (applied over the preset, under the command line's); keys starting with ``_`` are comments.
 
     Raises:
         DeepLNInputError: the file is not valid JSON or has a key that is not a PretrainArgs field.
     """
-    path = RECIPES_DIR / f"{Path(str(preset)).name}.json"
-    if Path(str(preset)).suffix or not path.is_file():
+    path = recipe_path(preset, recipe)
+    if path is None:
         return {}
     try:
-        recipe = json.loads(path.read_text())
+        values = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DeepLNInputError(f"Recipe {path} is not valid JSON: {exc}") from exc
-    names = {f.name for f in fields(PretrainArgs)}
-    recipe = {k: v for k, v in recipe.items() if not k.startswith("_")}
-    unknown = sorted(set(recipe) - names - set(_RECIPE_META_KEYS))
+    names = {f.name for f in fields(PretrainArgs)} - {"preset", "recipe"}
+    values = {k: v for k, v in values.items() if not k.startswith("_")}
+    unknown = sorted(set(values) - names - set(_RECIPE_META_KEYS))
     if unknown:
         raise DeepLNInputError(f"Recipe {path} has unknown keys {unknown}; valid keys are PretrainArgs fields.")
-    return recipe
+    return values
 
 
 def resolve_pretrain_args(args: PretrainArgs) -> tuple[PretrainArgs, dict[str, Any]]:
-    """Fill every ``None`` field from the preset's recipe, then the built-in defaults.
+    """Fill every ``None`` field from the preset's recipe (``args.recipe``), then the built-in defaults.
 
     Returns ``(resolved_args, recipe)``; explicitly set fields always win.
     """
-    recipe = load_recipe(args.preset)
+    recipe = load_recipe(args.preset, args.recipe)
     values = {}
     for f in fields(PretrainArgs):
         value = getattr(args, f.name)

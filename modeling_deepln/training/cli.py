@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from ..commands import Subcommand, add_option, csv_list, namespace_values, resume_value
-from .args import FinetuneArgs, PretrainArgs, field_docs
+from .args import OPTIMIZERS, FinetuneArgs, PretrainArgs, field_docs
 
 __all__ = ["SUBCOMMANDS", "add_model_shape_arguments", "add_optimisation_arguments"]
 
@@ -42,7 +42,7 @@ def add_optimisation_arguments(parser: argparse.ArgumentParser, docs: dict[str, 
     add_option(parser, docs, "--warmup-ratio", "warmup_ratio", type=float, metavar="R")
     add_option(parser, docs, "--min-lr", "min_lr", type=float)
     add_option(parser, docs, "--weight-decay", "weight_decay", type=float)
-    add_option(parser, docs, "--optim", "optim", choices=["adamw_torch", "adam"])
+    add_option(parser, docs, "--optim", "optim", choices=list(OPTIMIZERS))
     add_option(parser, docs, "--precision", "precision", choices=["fp32", "bf16", "fp16"])
     add_option(parser, docs, "--gradient-checkpointing", "gradient_checkpointing", action=argparse.BooleanOptionalAction)
     add_option(parser, docs, "--compile", "compile", action="store_true")
@@ -88,7 +88,9 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``deepln pretrain`` (unset options take the preset's recipe values)."""
     docs = field_docs(PretrainArgs)
     add_option(parser, docs, "--preset", "preset", metavar="NAME")
+    add_option(parser, docs, "--recipe", "recipe", metavar="NAME")
     add_model_shape_arguments(parser, docs)
+    add_option(parser, docs, "--adam-beta2", "adam_beta2", type=float, metavar="B2")
     add_option(parser, docs, "--intermediate-size", "intermediate_size", type=int, metavar="N")
     add_option(parser, docs, "--data", "data", nargs="+", metavar="DATA")
     add_option(parser, docs, "--text-column", "text_column", metavar="COL")

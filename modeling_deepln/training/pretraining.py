@@ -179,7 +179,7 @@ def plan_pretrain(args: PretrainArgs) -> PretrainRun:
     a, recipe = resolve_pretrain_args(args)
     with input_errors_as_deepln():
         check_preset(a.preset)
-        config = build_config(a.preset, config_overrides(a))
+        config = build_config(a.preset, {**recipe.get("config", {}), **config_overrides(a)})
         family = model_family(config)
         objective = recipe.get("objective")
         if objective and objective != ("mlm" if family == "bert" else "clm"):

@@ -131,6 +131,7 @@ def training_arguments(
         warmup_steps=float(a.warmup_ratio or 0.0),
         weight_decay=weight_decay,
         optim=TORCH_OPTIMIZER,
+        adam_beta2=float(getattr(a, "adam_beta2", None) or 0.999),
         max_steps=a.max_steps if a.max_steps and a.max_steps > 0 else -1,
         num_train_epochs=a.num_epochs,
         logging_steps=a.logging_steps,
