@@ -232,7 +232,7 @@ def _tokenize_corpus(run: PretrainRun):
     from datasets import DatasetDict
 
     from .data import load_text_data, tokenize_and_group
-    from .tokenization import check_tokenizer_fits, load_or_train_tokenizer
+    from .tokenization import TOKENIZER_TRAINING_CHARS, check_tokenizer_fits, load_or_train_tokenizer
 
     a, config = run.args, run.config
     raw = load_text_data(a.data, text_column=a.text_column, validation_fraction=a.validation_fraction, seed=a.seed)
@@ -243,6 +243,7 @@ def _tokenize_corpus(run: PretrainRun):
         vocab_size=config.vocab_size,
         output_dir=None,
         model_max_length=config.max_position_embeddings,
+        max_chars=TOKENIZER_TRAINING_CHARS,
     )
     check_tokenizer_fits(tokenizer, config.vocab_size)
     lm_data = tokenize_and_group(
