@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from datasets import DatasetDict, load_dataset
+from datasets import DatasetDict, IterableDatasetDict, load_dataset
 from transformers import PreTrainedTokenizerBase
 
 __all__ = [
@@ -171,8 +171,8 @@ def _builder_for(files: Sequence[Path]) -> tuple[str, dict[str, Any]]:
 
 
 def _load_local(
-    data_files: Mapping[str, Sequence[Path]], cache_dir: str | None
-) -> DatasetDict:
+    data_files: Mapping[str, Sequence[Path]], cache_dir: str | None, streaming: bool = False
+) -> DatasetDict | IterableDatasetDict:
     all_files = [f for files in data_files.values() for f in files]
     _check_nonempty(all_files)
     builder, kwargs = _builder_for(all_files)
@@ -181,6 +181,7 @@ def _load_local(
             builder,
             data_files={split: [str(f) for f in files] for split, files in data_files.items()},
             cache_dir=cache_dir,
+            streaming=streaming,
             **kwargs,
         )
     except Exception as exc:  # datasets raises many types for malformed files
@@ -191,12 +192,12 @@ def _load_local(
         ) from exc
 
 
-def _load_hub(spec: str, cache_dir: str | None) -> DatasetDict:
+def _load_hub(spec: str, cache_dir: str | None, streaming: bool = False) -> DatasetDict | IterableDatasetDict:
     """``"name"`` or ``"name:config"`` -> ``load_dataset(name, config)`` (needs the Hub)."""
     name, _, config = spec.partition(":")
-    ds = load_dataset(name, config or None, cache_dir=cache_dir)
-    if not isinstance(ds, DatasetDict):  # pragma: no cover - load_dataset without split
-        ds = DatasetDict({"train": ds})
+    ds = load_dataset(name, config or None, cache_dir=cache_dir, streaming=streaming)
+    if not isinstance(ds, (DatasetDict, IterableDatasetDict)):  # pragma: no cover - load_dataset without split
+        ds = (IterableDatasetDict if streaming else DatasetDict)({"train": ds})
     return ds
 
 
@@ -224,13 +225,13 @@ def _require_columns(ds: DatasetDict, columns: Sequence[str], hint: str) -> None
             )
 
 
-def _normalise_splits(ds: DatasetDict) -> DatasetDict:
+def _normalise_splits(ds: DatasetDict | IterableDatasetDict) -> DatasetDict | IterableDatasetDict:
     """Rename valid/val/dev to ``validation`` (keeps an existing ``validation``)."""
     if "validation" in ds:
         return ds
     for name in _VALIDATION_NAMES[1:]:
         if name in ds:
-            out = DatasetDict({k: v for k, v in ds.items() if k != name})
+            out = type(ds)({k: v for k, v in ds.items() if k != name})
             out["validation"] = ds[name]
             return out
     return ds
