@@ -35,15 +35,12 @@ def write_corpus(size_mb: float, out: Path, seed: int = 0) -> int:
 
     paragraphs = [p.strip() for text in wiki_articles() for p in text.split("\n") if p.strip()]
     target, written, rng = int(size_mb * 1e6), 0, random.Random(seed)
-    with open(out, "w", encoding="utf-8") as f:
+    with open(out, "wb") as f:
         while written < target:
             rng.shuffle(paragraphs)
-            for p in paragraphs:
-                line = p + "\n"
-                f.write(line)
-                written += len(line.encode("utf-8"))
-                if written >= target:
-                    break
+            chunk = ("\n".join(paragraphs) + "\n").encode("utf-8")[: target - written]
+            f.write(chunk)
+            written += len(chunk)
     return written
 
 

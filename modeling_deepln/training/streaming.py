@@ -203,7 +203,7 @@ class ResumableBlocks(torch.utils.data.IterableDataset):
             position, self._resume = self._resume, None
             self.produced = int(position["examples"])
             if position["stream"] is not None:
-                stream = copy.copy(self.blocks)  # the restored position applies to this pass only
+                stream = copy.deepcopy(self.blocks)  # the restored position applies to this pass only
                 stream.load_state_dict(position["stream"])
         for block in stream:
             self.produced += 1
