@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)  # argparse prints 'deepln: error: ...' and exits 2 itself
     run = ns._run
     del ns._run, ns._command
-    from .training import DeepLNInputError, NonFiniteError
+    from .errors import DeepLNInputError, NonFiniteError
 
     try:
         code = run(ns) or 0

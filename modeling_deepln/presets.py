@@ -61,7 +61,8 @@ def load_preset(name_or_path: str | Path, **overrides: Any) -> DeepLNBertConfig 
     """Build the config of a preset (or config file / model folder), with ``overrides`` applied.
 
     Overriding ``residual_norm`` without ``post_norm_form`` gives the new scheme its own default form (a preset
-    naming ``post_norm_form="alpha_plus_ln"`` can still be switched to ``pre_ln``).
+    naming ``post_norm_form="alpha_plus_ln"`` can still be switched to ``pre_ln``); overriding either without
+    ``final_layer_norm`` gives the new scheme and form their default final LayerNorm.
     """
     path = preset_path(name_or_path)
     data = json.loads(path.read_text())
@@ -73,5 +74,7 @@ def load_preset(name_or_path: str | Path, **overrides: Any) -> DeepLNBertConfig 
     data.pop("auto_map", None)
     if "residual_norm" in overrides and "post_norm_form" not in overrides:
         data.pop("post_norm_form", None)  # another scheme: its own default form, not the preset's
+    if {"residual_norm", "post_norm_form"} & set(overrides) and "final_layer_norm" not in overrides:
+        data["final_layer_norm"] = None  # and the final LayerNorm of that scheme and form
     data.update(overrides)
     return _CONFIG_CLASSES[model_type](**data)

@@ -453,3 +453,25 @@ def test_unigram_perplexity_matches_hand_computed_value():
     # counts of [0, 0, 1, 2] with add-one over 4 ids: [3, 2, 2, 1] / 8; targets of [3, 0, 1] are 0 and 1.
     value = unigram_perplexity([[0, 0, 1, 2]], [[3, 0, 1]], vocab_size=4)
     assert value == pytest.approx(math.sqrt((8 / 3) * (8 / 2)), rel=1e-12)
+
+
+def test_unigram_loss_by_hand_with_special_tokens():
+    """Special ids get no probability and are not scored; -100 targets are skipped; the rest is add-one smoothed."""
+    from types import SimpleNamespace
+
+    from modeling_deepln.training.metrics import unigram_loss, unigram_special_ids
+
+    train = [[0, 2, 2, 3, 1], [0, 2, 4, 4, 1]]  # 0 = [CLS], 1 = [SEP]
+    # non-special counts + 1 over ids 2..5: 2 -> 4, 3 -> 2, 4 -> 3, 5 -> 1; total 10
+    targets = [[-100, 2, -100, 5, 1]]  # masked-LM labels: scored 2 and 5 ([SEP] can never be a target)
+    want = -(math.log(4 / 10) + math.log(1 / 10)) / 2
+    assert unigram_loss(train, targets, vocab_size=6, special_ids=[0, 1]) == pytest.approx(want, rel=1e-12)
+    # without exclusions every id keeps its add-one count: 0 -> 3, 1 -> 3, 2 -> 4, 3 -> 2, 4 -> 3, 5 -> 1; total 16
+    want_all = -(math.log(4 / 16) + math.log(1 / 16) + math.log(3 / 16)) / 3
+    assert unigram_loss(np.array(train), np.array(targets), vocab_size=6) == pytest.approx(want_all, rel=1e-12)
+    with pytest.raises(ValueError, match="no target"):
+        unigram_loss(train, [[-100, 0, 1]], vocab_size=6, special_ids=[0, 1])
+    # which ids are special: all of a masked LM's; all but end-of-text for a causal LM (a next-token target)
+    tokenizer = SimpleNamespace(all_special_ids=[3, 0, 1], eos_token_id=1)
+    assert unigram_special_ids(tokenizer, "bert") == [0, 1, 3]
+    assert unigram_special_ids(tokenizer, "gpt") == [0, 3]

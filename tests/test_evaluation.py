@@ -210,6 +210,18 @@ def test_table4_printout_has_paper_rows(gpt_run, capsys):
     assert piqa.split("|")[3].strip() == "55.17" and piqa.split("|")[-2].strip() == "76.50"
 
 
+def test_paper_numbers_sit_beside_the_same_metric():
+    """Table 5's HellaSwag numbers are lm-eval ``acc_norm``: printed in the AccNorm row beside the model's acc_norm,
+    never in the acc row beside the model's acc."""
+    from modeling_deepln.evaluation.tables import format_table4, table4_scores
+
+    scores = table4_scores({"hellaswag": {"acc,none": 0.31, "acc_norm,none": 0.42}})
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in format_table4("mine", scores).splitlines()[2:]}  # fmt: skip
+    assert rows["Hellaswag-Acc"] == ["31.00", "25.54", "–", "–", "–", "–"]
+    assert rows["Hellaswag-AccNorm"] == ["42.00", "–", "50.90", "48.90", "55.80", "66.10"]
+
+
 def test_offline_task_paths_are_absolute(tmp_path):
     folder = offline_task_dir(tmp_path / "tasks")
     for yaml_file in folder.glob("*.yaml"):
@@ -332,3 +344,22 @@ def test_task_data_that_cannot_be_downloaded(gpt_folder, tmp_path, capsys):
     err = _error(["eval", str(gpt_folder), "--offline-tasks", "--include-path", str(tmp_path), "--tasks", "hub_piqa",
                   "--no-card", "--output", str(tmp_path / "out.json")], capsys)  # fmt: skip
     assert "could not be downloaded" in err and "--offline-tasks" in err
+
+
+def test_quiet_progress_is_scoped_to_the_harness_and_the_block():
+    """``--no-progress`` hides the harness's bars inside the block only; tqdm itself is never modified."""
+    import io
+
+    import lm_eval.api.task
+    import tqdm
+    import transformers.utils.logging as transformers_logging
+
+    from modeling_deepln.evaluation.harness import quiet_progress
+
+    init, harness_bar = tqdm.tqdm.__dict__["__init__"], lm_eval.api.task.tqdm
+    with quiet_progress():
+        assert lm_eval.api.task.tqdm(range(3), file=io.StringIO(), disable=False).disable
+        assert not tqdm.tqdm(range(3), file=io.StringIO()).disable  # other code keeps its bars
+        assert not transformers_logging.is_progress_bar_enabled()
+    assert tqdm.tqdm.__dict__["__init__"] is init and lm_eval.api.task.tqdm is harness_bar
+    assert transformers_logging.is_progress_bar_enabled()

@@ -150,6 +150,33 @@ def test_card_metadata_and_numbers(gpt_folder, gpt_dry, bert_folder, bert_dry):
     assert ModelCard.load(bert_dry / "README.md").data.base_model == "org/bert-1k"
 
 
+def test_card_reports_only_the_models_results(gpt_folder, gpt_dry, tmp_path):
+    """Baselines (the model before training, a unigram model) are in the card's text, not in the model-index, also
+    when the folder's card is from an earlier deepln that listed them as results."""
+    from huggingface_hub import EvalResult, ModelCard
+
+    results = json.loads((gpt_folder / "eval_results.json").read_text())
+    baselines = {"perplexity_unigram": results["perplexity_unigram"], "perplexity_before": results["perplexity_before"],
+                 "loss_before": results["eval_loss_before"]}  # fmt: skip
+    for card in (ModelCard.load(gpt_folder / "README.md"), ModelCard.load(gpt_dry / "README.md")):
+        reported = {r.metric_type for r in card.data.eval_results}
+        assert {"perplexity", "loss"} <= reported and not reported & set(baselines), reported
+        for name, value in baselines.items():
+            assert f"| {name} | {value:.6g} |" in card.text, name
+    folder = _minimal_copy(gpt_folder, tmp_path)
+    old = ModelCard.load(folder / "README.md")
+    old.data.deepln = None  # an earlier deepln's card: baselines in the model-index, no eval_results.json
+    old.data.eval_results = [*old.data.eval_results, *(EvalResult(
+        task_type="text-generation", dataset_type="custom", dataset_name="x", metric_type=name, metric_value=value)
+        for name, value in baselines.items())]  # fmt: skip
+    old.save(folder / "README.md")
+    (folder / "eval_results.json").unlink()
+    main(["publish", str(folder), "--repo-id", GPT_REPO, "--dry-run", str(tmp_path / "out")])
+    new = ModelCard.load(tmp_path / "out" / "README.md")
+    assert not {r.metric_type for r in new.data.eval_results} & set(baselines)
+    assert all(f"| {name} | {value:.6g} |" in new.text for name, value in baselines.items())
+
+
 def test_card_keeps_eval_additions_and_reads_older_cards(gpt_folder, tmp_path):
     """What ``deepln eval`` adds (model-index entries, a section, lm-eval JSON) survives; a card written before the
     ``deepln`` metadata block keeps its data description and training list, without duplicated results."""
@@ -217,9 +244,10 @@ def _real_signature_accepts(method: str, *args, **kwargs) -> None:
 
 
 class _RecordingHfApi:
-    """Stands in for ``huggingface_hub.HfApi``: records the calls and the staged files' bytes at upload time."""
+    """Stands in for ``huggingface_hub.HfApi``: records the calls; the repo already holds ``remote_files``."""
 
     calls: list = []
+    remote_files: list = []
 
     def __init__(self, token=None, **kwargs):
         _real_signature_accepts("__init__", token=token, **kwargs)
@@ -234,11 +262,14 @@ class _RecordingHfApi:
         _real_signature_accepts("create_branch", repo_id, **kwargs)
         self.calls.append(("create_branch", {"repo_id": repo_id, **kwargs}))
 
-    def upload_folder(self, **kwargs):
-        _real_signature_accepts("upload_folder", **kwargs)
-        root = Path(kwargs["folder_path"])
-        staged = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-        self.calls.append(("upload_folder", {**kwargs, "staged": staged}))
+    def list_repo_files(self, repo_id, **kwargs):
+        _real_signature_accepts("list_repo_files", repo_id, **kwargs)
+        self.calls.append(("list_repo_files", {"repo_id": repo_id, **kwargs}))
+        return list(self.remote_files)
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        _real_signature_accepts("create_commit", repo_id, operations, **kwargs)
+        self.calls.append(("create_commit", {"repo_id": repo_id, "operations": list(operations), **kwargs}))
 
         class Info:
             oid, commit_url = "0" * 40, "https://huggingface.co/commit"
@@ -246,25 +277,55 @@ class _RecordingHfApi:
         return Info()
 
 
-def test_upload_calls_push_the_dry_run_files(gpt_folder, gpt_dry, monkeypatch):
+def test_upload_commits_the_dry_run_files_without_copying_them(gpt_folder, gpt_dry, monkeypatch):
+    """One commit of the dry run's files; the folder's files are read where they are (no staging copy of the
+    shards), and only the repo files deepln writes and no longer has are deleted (a user's own files stay)."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
     import modeling_deepln.hub.upload as upload_module
 
     _RecordingHfApi.calls = []
+    _RecordingHfApi.remote_files = [".gitattributes", "README.md", "model-00001-of-00002.safetensors",
+                                    "model-00002-of-00002.safetensors", "model.safetensors.index.json",
+                                    "modeling_deepln_bert.py", "layers_deepln.py", "my_tool.py", "notes.md",
+                                    "adapter_model.safetensors"]  # fmt: skip
     monkeypatch.setattr(upload_module, "HfApi", _RecordingHfApi)
+    monkeypatch.setattr(upload_module.shutil, "copy2", lambda *a, **k: pytest.fail("publish copied a file"))
     main(["publish", str(gpt_folder), "--repo-id", GPT_REPO, "--private", "--revision", "v1", "--token", "hf_x"])
     names = [name for name, _ in _RecordingHfApi.calls]
-    assert names == ["HfApi", "create_repo", "create_branch", "upload_folder"]
+    assert names == ["HfApi", "create_repo", "create_branch", "list_repo_files", "create_commit"]
     calls = dict(_RecordingHfApi.calls)
     assert calls["HfApi"]["token"] == "hf_x"
     assert calls["create_repo"] == {"repo_id": GPT_REPO, "private": True, "exist_ok": True, "repo_type": "model"}
     assert calls["create_branch"]["branch"] == "v1" and calls["create_branch"]["exist_ok"] is True
-    upload = calls["upload_folder"]
-    assert upload["repo_id"] == GPT_REPO and upload["revision"] == "v1" and upload["repo_type"] == "model"
-    assert not upload.get("allow_patterns") and "*.safetensors" in upload["delete_patterns"]
-    staged = upload["staged"]
-    assert set(staged) == _files(gpt_dry)
-    assert all(staged[name] == (gpt_dry / name).read_bytes() for name in staged)
-    assert not [n for n in staged if n.endswith(PICKLE_SUFFIXES) or "/" in n]
+    assert calls["list_repo_files"]["revision"] == "v1"
+    commit = calls["create_commit"]
+    assert commit["repo_id"] == GPT_REPO and commit["revision"] == "v1" and commit["repo_type"] == "model"
+    adds = {op.path_in_repo: op for op in commit["operations"] if isinstance(op, CommitOperationAdd)}
+    deleted = {op.path_in_repo for op in commit["operations"] if isinstance(op, CommitOperationDelete)}
+    assert set(adds) == _files(gpt_dry)
+    for name, op in adds.items():
+        content = op.path_or_fileobj if isinstance(op.path_or_fileobj, bytes) else Path(op.path_or_fileobj).read_bytes()
+        assert content == (gpt_dry / name).read_bytes(), name
+    assert adds["model.safetensors"].path_or_fileobj == str(gpt_folder / "model.safetensors")  # read in place
+    assert isinstance(adds["README.md"].path_or_fileobj, bytes)  # the card re-rendered for the repo
+    assert deleted == {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                       "model.safetensors.index.json", "modeling_deepln_bert.py"}  # fmt: skip
+    assert not [n for n in adds if n.endswith(PICKLE_SUFFIXES) or "/" in n]
+
+
+@pytest.mark.parametrize("repo_id, valid", [("my-model", True), ("my-org/gpt-1k", True), ("a--b", False),
+                                            ("org/x/y", False), ("bad id", False), ("-x/y", False)])  # fmt: skip
+def test_repo_id_follows_the_hub_rule(repo_id, valid):
+    """The Hub's own validation: a bare NAME is a valid id (it goes to the user's namespace)."""
+    from modeling_deepln.hub.checks import PublishError
+    from modeling_deepln.hub.upload import _check_repo_id
+
+    if valid:
+        _check_repo_id(repo_id)
+    else:
+        with pytest.raises(PublishError, match="not a Hub model id"):
+            _check_repo_id(repo_id)
 
 
 # ----------------------------------------------------------------------------------------------- refusals
@@ -337,6 +398,14 @@ def test_refuses_with_what_to_fix(case, gpt_folder, tmp_path, capsys):
     assert info.value.code == 2, err
     assert message in err and "deepln: error: " in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_optional_import_the_remote_code_loader_does_not_require_is_accepted(gpt_folder, tmp_path):
+    """transformers' loader skips imports in try/except (``dynamic_module_utils.get_imports``); publish agrees."""
+    folder = _minimal_copy(gpt_folder, tmp_path)
+    _edit("layers_deepln.py", None, "\ntry:\n    import numpy\nexcept ImportError:\n    numpy = None\n")(folder)
+    main(["publish", str(folder), "--repo-id", GPT_REPO, "--dry-run", str(tmp_path / "out")])
+    assert "import numpy" in (tmp_path / "out" / "layers_deepln.py").read_text()
 
 
 def test_no_metrics_flag_and_non_empty_dry_run_dir(gpt_folder, tmp_path, capsys):

@@ -118,3 +118,16 @@ def test_benchmark_rows_name_a_flag_that_switches_the_default_scheme(capsys):
     printed = capsys.readouterr().out
     assert len(bert) == 2 and "--residual-norm foundation_ln" in printed and "--residual-norm pre_ln" in printed
     assert "stopped after 102 steps" in printed  # the diverged run has no held-out loss to print
+
+
+@pytest.mark.parametrize("flags, differs", [
+    (["--data", "my.txt"], "--data the embedded corpus (this run: ['my.txt'])"),
+    (["--max-steps", "50"], "--max-steps 300 (this run: 50)"),
+    (["--hidden-size", "32"], "--hidden-size 64 (this run: 32)"),
+    (["--vocab-size", "4000"], "--vocab-size 8192 (this run: 4000)"),
+])  # fmt: skip
+def test_benchmark_rows_only_beside_a_run_with_their_settings(flags, differs, capsys):
+    """A run that differs from the stored rows' settings gets one line naming what differs, not the rows."""
+    lines = print_benchmark_rows(SimpleNamespace(args=parse_pretrain(flags)), {"eval_loss": 6.5})
+    assert len(lines) == 1 and differs in lines[0] and "not shown" in lines[0]
+    assert "stored benchmark:" not in capsys.readouterr().out

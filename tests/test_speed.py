@@ -47,9 +47,9 @@ def test_linear_cross_entropy_equals_lm_head_then_loss(num_items, chunk):
     plain_grads = torch.autograd.grad(plain * 3.0, (hidden, weight))
     fused = linear_cross_entropy(hidden, weight, labels, num_items_in_batch=num_items, chunk_size=chunk)
     fused_grads = torch.autograd.grad(fused * 3.0, (hidden, weight))
-    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=0)
     for got, want in zip(fused_grads, plain_grads):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * max(float(g.abs().max()) for g in plain_grads))
 
 
 def test_gpt_training_loss_uses_fused_head_and_matches_plain_path():
@@ -68,9 +68,10 @@ def test_gpt_training_loss_uses_fused_head_and_matches_plain_path():
     fused = model(ids, labels=ids)
     fused.loss.backward()
     assert fused.logits is None and plain.logits.shape == (2, 9, 97)
-    torch.testing.assert_close(fused.loss, plain.loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fused.loss, plain.loss, rtol=1e-5, atol=0)
     for name, param in model.named_parameters():
-        torch.testing.assert_close(param.grad, plain_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(param.grad, plain_grads[name], rtol=1e-5,
+                                   atol=1e-5 * max(float(g.abs().max()) for g in plain_grads.values()), msg=name)  # fmt: skip
 
 
 def test_bert_sparse_mlm_loss_matches_dense_head():
@@ -98,9 +99,10 @@ def test_bert_sparse_mlm_loss_matches_dense_head():
         sparse.loss.backward()
         model.sparse_mlm_loss = False
         assert sparse.logits is None and dense.logits.shape == (2, 9, 97)
-        torch.testing.assert_close(sparse.loss, dense.loss, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(sparse.loss, dense.loss, rtol=1e-5, atol=0)
         for name, param in model.named_parameters():
-            torch.testing.assert_close(param.grad, dense_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+            torch.testing.assert_close(param.grad, dense_grads[name], rtol=1e-5,
+                                       atol=1e-5 * max(float(g.abs().max()) for g in dense_grads.values()), msg=name)  # fmt: skip
     model.sparse_mlm_loss = True
     model.eval()  # evaluation keeps the logits (metrics, pipelines)
     assert model(ids, labels=labels).logits.shape == (2, 9, 97)
@@ -128,8 +130,9 @@ def test_torch_compile_reuses_one_block_graph_and_equals_eager():
     compiled.backward()
     # embeddings + mask, one block (shared by all 3 layers), head + loss: the count does not grow with depth
     assert counters["stats"]["unique_graphs"] == 3
-    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(model.transformer.layers[2].attention.q_proj.weight.grad, eager_grad)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=0)
+    torch.testing.assert_close(model.transformer.layers[2].attention.q_proj.weight.grad, eager_grad, rtol=1e-5,
+                               atol=1e-5 * float(eager_grad.abs().max()))  # fmt: skip
     bad = ids.clone()
     bad[0, 0] = 500  # under compile the check is an async assert with the same message
     with pytest.raises(RuntimeError, match="outside the model's vocabulary"):
@@ -243,9 +246,9 @@ def test_fused_qkv_equals_separate_projections_and_yields_to_hooks(monkeypatch):
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
         model.zero_grad()
-    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=0)
     for got, want in zip(results[1][1], results[0][1]):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * max(float(g.abs().max()) for g in results[0][1]))
     seen = []  # a hook (e.g. an adapter or a monitor) on q_proj still sees its call
     model.transformer.layers[0].attention.q_proj.register_forward_hook(lambda *args: seen.append(1))
     model(ids)

@@ -78,7 +78,7 @@ def test_monitor_matches_hand_computed_norms(residual_norm):
     assert values["grad_norm"][g] == pytest.approx(group_norm(grads, prefixes), rel=1e-5)
     delta = {name: after[name] - before[name] for name in before}
     expected_update = group_norm(delta, prefixes) / group_norm(before, prefixes)
-    assert values["update_size"][g] == pytest.approx(expected_update, rel=1e-4)
+    assert values["relative_update"][g] == pytest.approx(expected_update, rel=1e-4)
     assert values["stream_norm"][g] == pytest.approx(float(attn_out.norm(dim=-1).mean()), rel=1e-5)
     assert values["branch_ratio"][g] == pytest.approx(float(branch.norm() / skip.norm()), rel=1e-5)
     assert values["position_cosine"][g] == pytest.approx(plain_cosine(attn_out), abs=1e-5)
@@ -90,9 +90,9 @@ def test_monitor_matches_hand_computed_norms(residual_norm):
 
 def test_position_cosine_extremes():
     same = torch.randn(1, 1, 8).expand(2, 5, 8)
-    assert float(mean_position_cosine(same)) == pytest.approx(1.0, abs=1e-6)
+    assert float(mean_position_cosine(same)) == pytest.approx(1.0, abs=1e-5)
     orthogonal = torch.eye(6).unsqueeze(0)
-    assert float(mean_position_cosine(orthogonal)) == pytest.approx(0.0, abs=1e-6)
+    assert float(mean_position_cosine(orthogonal)) == pytest.approx(0.0, abs=1e-5)
 
 
 def test_monitor_only_hooks_monitored_steps_and_names_first_non_finite(capsys):
@@ -198,15 +198,15 @@ def test_classify_rules():
     assert classify(losses + tail, 1.2, 3.44, 0.5, [], 32) == ("learning", 6)
 
 
-def test_unigram_loss_matches_the_training_metric():
-    """The grid's unigram loss for GPT equals log of training.metrics.unigram_perplexity on the same blocks."""
-    from modeling_deepln.stability.grid import unigram_loss
-    from modeling_deepln.training.metrics import unigram_perplexity
+def test_every_command_uses_the_one_unigram_reference():
+    """The grid, grow-bench and pretrain's report compare with training.metrics.unigram_loss (one definition)."""
+    from modeling_deepln.growth import bench
+    from modeling_deepln.stability import grid
+    from modeling_deepln.training import metrics, pretraining
 
-    generator = torch.Generator().manual_seed(4)
-    train, held_out = torch.randint(0, 50, (20, 9), generator=generator), torch.randint(0, 50, (4, 9), generator=generator)
-    expected = math.log(unigram_perplexity(train.numpy(), held_out.numpy(), 60))
-    assert unigram_loss(train, held_out[:, 1:], 60) == pytest.approx(expected, rel=1e-9)
+    assert grid.unigram_loss is bench.unigram_loss is metrics.unigram_loss
+    assert pretraining.unigram_perplexity is metrics.unigram_perplexity
+    assert pretraining.masked_unigram_perplexity is metrics.masked_unigram_perplexity
 
 
 def test_deepnet_bound_trend_on_small_depths():
@@ -273,3 +273,123 @@ def test_finetune_flag_attaches_the_monitor(tmp_path):
           "--max-seq-len", "16", "--max-steps", "2", "--report-to", "none", "--no-progress", "--monitor-every", "1"])  # fmt: skip
     records = [json.loads(line) for line in (out / "monitor.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and len(records[0]["sublayers"]) == 4
+
+
+def _activation_values(model, ids, mask=None):
+    """The monitor's activation measures of one forward pass (no optimizer step)."""
+    monitor = LayerMonitor(every=1, tensorboard=False, plots=False).attach(model)
+    state = SimpleNamespace(global_step=0, is_world_process_zero=True)
+    monitor.on_step_begin(None, state, None)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    monitor.on_step_end(None, state, None)
+    return {q: torch.tensor(v) for q, v in monitor.records[-1]["values"].items()}
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert"])
+def test_monitor_leaves_padded_positions_out(family):
+    """A right-padded batch measures what its sequences measure alone: the stream norm is the token-weighted mean
+    of theirs, the position cosine the mean of theirs, and nothing depends on what the padded positions hold."""
+    from modeling_deepln import DeepLNBertConfig, DeepLNBertForMaskedLM
+
+    if family == "gpt":
+        model = tiny_gpt("post_ln").eval()
+    else:
+        torch.manual_seed(0)
+        model = DeepLNBertForMaskedLM(DeepLNBertConfig(
+            vocab_size=40, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=16, residual_norm="post_ln", hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0, pad_token_id=0)).eval()  # fmt: skip
+    generator = torch.Generator().manual_seed(3)
+    a, b = torch.randint(1, 40, (1, 7), generator=generator), torch.randint(1, 40, (1, 4), generator=generator)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    padded = [torch.cat([a, torch.cat([b, fill], dim=1)]) for fill in (torch.zeros(1, 3, dtype=torch.long),
+                                                                       torch.randint(1, 40, (1, 3), generator=generator))]  # fmt: skip
+    alone_a, alone_b = _activation_values(model, a), _activation_values(model, b)
+    first, second = (_activation_values(model, ids, mask) for ids in padded)
+    # float32 sums of 11 token norms / 7-token unit-vector sums: relative error ~1e-6; 1e-5 leaves a margin
+    torch.testing.assert_close(first["stream_norm"], (7 * alone_a["stream_norm"] + 4 * alone_b["stream_norm"]) / 11,
+                               rtol=1e-5, atol=0)  # fmt: skip
+    torch.testing.assert_close(first["position_cosine"], (alone_a["position_cosine"] + alone_b["position_cosine"]) / 2,
+                               rtol=0, atol=1e-5)  # fmt: skip
+    for quantity in ("stream_norm", "branch_ratio", "position_cosine"):
+        torch.testing.assert_close(first[quantity], second[quantity], rtol=1e-5, atol=1e-6)
+
+
+def test_monitor_records_of_earlier_versions_read_with_todays_names(tmp_path):
+    from modeling_deepln.stability.monitor import load_monitor_records
+
+    old = {"step": 1, "values": {"grad_norm": [1.0], "update_size": [0.01]}, "measured": ["grad_norm", "update_size"]}
+    (tmp_path / "monitor.jsonl").write_text(__import__("json").dumps(old) + "\n")
+    (record,) = load_monitor_records(tmp_path / "monitor.jsonl")
+    assert record["values"]["relative_update"] == [0.01] and record["measured"] == ["grad_norm", "relative_update"]
+    assert "relative_update" in QUANTITIES and "update_size" not in QUANTITIES
+
+
+# ------------------------------------------------------------------------------------------ the depth-1,000 mode
+
+
+def _plateau(unigram: float, steps: range, start: float = 9.0) -> list[tuple[int, float]]:
+    """A training loss that falls from ``start`` to the unigram loss by step 20 and stays there."""
+    return [(step, max(unigram, start - 0.2 * step)) for step in steps]
+
+
+def test_classify_fabricated_histories_of_each_failure_mode():
+    """Loss histories made by hand for each verdict of the depth-1,000 table; the label and its step are the rules'."""
+    from modeling_deepln.stability.grid import classify
+
+    unigram, vocab, steps = 6.44, 2048, range(1, 201)
+    plateau = _plateau(unigram, steps)
+    # diverged: a NaN at step 37 (the run stops there)
+    nan_run = [(s, 7.0) for s in range(1, 37)] + [(37, float("nan"))]
+    assert classify(nan_run, float("nan"), unigram, float("nan"), [], vocab) == ("diverged", 37)
+    # diverged: finite but worse than uniform guessing (ln V + 1 = 8.62) from step 120 to the end
+    blown = [(s, 7.0 if s < 120 else 30.0) for s in steps]
+    assert classify(blown, 31.0, unigram, 0.3, [], vocab) == ("diverged", 120)
+    # stalled on the unigram plateau, positions distinct: the step where the loss reached the plateau
+    mode, step = classify(plateau, unigram + 0.01, unigram, 0.40, [(20, 0.4), (200, 0.4)], vocab)
+    assert mode == "stalled" and 14 <= step <= 22, step
+    # collapsed: the same plateau, but the last layer's positions became identical from step 60
+    cosines = [(20, 0.5), (40, 0.9), (60, 0.99), (200, 1.0)]
+    assert classify(plateau, unigram + 0.01, unigram, 1.0, cosines, vocab) == ("collapsed", 60)
+    # stalled above the plateau (slow learner not there yet): no plateau step
+    above = [(s, 7.5 - 0.001 * s) for s in steps]
+    assert classify(above, 7.3, unigram, 0.5, [], vocab) == ("stalled", None)
+    # learning: leaves the plateau at step 150 and ends 0.3 nats below the unigram loss
+    learning = [(s, loss if s < 150 else unigram - 0.3) for s, loss in plateau]
+    mode, step = classify(learning, unigram - 0.25, unigram, 0.3, [], vocab)
+    assert mode == "learning" and 150 <= step <= 155, step
+
+
+def test_depth_1000_mode_runs_with_a_few_layers_standing_in(tmp_path, monkeypatch, capsys):
+    """The --depth-1000 grid (every scheme, the α·s + LN(s) form with and without its final LN) at 3 layers on
+    learnable synthetic data: every row gets a verdict, progress lines give the time left, heatmaps are written."""
+    from modeling_deepln.cli import main
+    from modeling_deepln.stability import cli, grid
+
+    monkeypatch.setattr(grid, "prepare_grid_data", lambda family, settings: synthetic_gpt_data("successor"))
+    main(["stability", "--depth-1000", "--families", "gpt", "--depths", "3", "--hidden-size", "16",
+          "--seq-len", "16", "--batch-size", "16", "--vocab-size", "32", "--steps", "6", "--progress-every", "3",
+          "--monitor-every", "3", "--output-dir", str(tmp_path)])  # fmt: skip
+    out = capsys.readouterr().out
+    table = (tmp_path / "stability.md").read_text()
+    schemes = cli.DEPTH_1000["schemes"]
+    assert len(table.strip().splitlines()) == 2 + len(schemes)
+    for scheme in schemes:
+        row = next(line for line in table.splitlines() if f"| {scheme} |" in line)
+        assert any(f"| {mode} |" in row for mode in ("diverged", "stalled", "collapsed", "learning")), row
+        assert f"{scheme.replace(':', '+')}-L3-lr0.002-w0.1 step 3/6: loss" in out
+    assert "grid" in out and "left" in out and f"{len(schemes)}/{len(schemes)} runs" in out
+    for quantity in ("grad_norm", "position_cosine"):
+        assert (tmp_path / f"heatmaps_{quantity}.png").stat().st_size > 0
+    assert (tmp_path / "runs" / "gpt-pre_ln-L3-lr0.002-w0.1" / "monitor_heatmaps.png").is_file()
+
+
+def test_scheme_names_set_form_and_final_layer_norm():
+    from modeling_deepln.stability.grid import split_scheme
+
+    assert split_scheme("foundation_ln:alpha_plus_ln:no_final_ln") == {
+        "residual_norm": "foundation_ln", "post_norm_form": "alpha_plus_ln", "final_layer_norm": False}
+    assert split_scheme("post_ln:final_ln") == {"residual_norm": "post_ln", "final_layer_norm": True}
+    with pytest.raises(ValueError, match="Unknown option 'final'"):
+        split_scheme("post_ln:final")

@@ -38,7 +38,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_bench_command(ns: argparse.Namespace) -> int:
-    from ..training import DeepLNInputError
+    from ..errors import DeepLNInputError
 
     if ns.device.startswith("cuda") and not torch.cuda.is_available():
         raise DeepLNInputError("--device cuda, but torch sees no CUDA device; use --device cpu.")

@@ -75,7 +75,10 @@ def _deepln(config: Any, scheme: str) -> Contestant:
     cls = DeepLNGPTForCausalLM if config.model_type == "deepln_gpt" else DeepLNBertForMaskedLM
     # another scheme gets its plain form: the peers' equal-work schemes are plain pre_ln / post_ln
     form = config.post_norm_form if scheme == config.residual_norm else "ln"
-    scheme_config = type(config).from_dict({**config.to_dict(), "residual_norm": scheme, "post_norm_form": form})
+    fields = {**config.to_dict(), "residual_norm": scheme, "post_norm_form": form}
+    if scheme != config.residual_norm:
+        fields["final_layer_norm"] = None  # the other scheme's own default
+    scheme_config = type(config).from_dict(fields)
     def build():
         model = cls(scheme_config)
         if cls is DeepLNGPTForCausalLM:

@@ -4,7 +4,7 @@ The classifier (a ``deepln finetune`` output folder, ``DeepLNBertForSequenceClas
 with ``Trainer.predict``; the metrics are :func:`modeling_deepln.training.metrics.classification_metrics`
 (scikit-learn's binary precision/recall/F1 for the duplicate class 1 and accuracy, what GLUE's QQP metric
 computes). ``evaluate.load("glue", "qqp")`` would compute the same but fetches its script from the Hub, so it does
-not run offline; deepln uses scikit-learn directly (``shared/reference/offline.md``).
+not run offline; deepln uses scikit-learn directly.
 
 Data: a local file in GLUE QQP's format (``question1``, ``question2``, ``label``, ``idx``; csv/tsv/json/jsonl/parquet)
 or, with none given, ``load_dataset("nyu-mll/glue", "qqp", split="validation")`` from the Hub (the paper scored
@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..training.args import DeepLNInputError
+from ..errors import DeepLNInputError
 from .harness import ModelSource
 
 __all__ = ["evaluate_pair_classifier", "load_validation"]

@@ -145,22 +145,21 @@ def _eval_classifier(ns: argparse.Namespace, source) -> dict[str, Any]:
 
 
 def run_eval(ns: argparse.Namespace) -> int:
-    from ..training.args import DeepLNInputError
+    from ..errors import DeepLNInputError
     from .harness import quiet_progress, resolve_model
 
-    if ns.no_progress:
-        quiet_progress()
     source = resolve_model(ns.model, ns.tokenizer)
     architectures = source.config.architectures or []
-    if source.family == "bert" or any(a.endswith("ForSequenceClassification") for a in architectures):
-        _eval_classifier(ns, source)  # Table 3 (a GPT classifier is scored the same way)
-        return 0
-    if architectures and not any(a.endswith("ForCausalLM") for a in architectures):
-        raise DeepLNInputError(
-            f"{ns.model} holds a {', '.join(architectures)} without a language-model head; the zero-shot suite "
-            "scores a DeepLNGPTForCausalLM (the `deepln pretrain` output)."
-        )
-    _eval_gpt(ns, source)
+    with quiet_progress(ns.no_progress):
+        if source.family == "bert" or any(a.endswith("ForSequenceClassification") for a in architectures):
+            _eval_classifier(ns, source)  # Table 3 (a GPT classifier is scored the same way)
+            return 0
+        if architectures and not any(a.endswith("ForCausalLM") for a in architectures):
+            raise DeepLNInputError(
+                f"{ns.model} holds a {', '.join(architectures)} without a language-model head; the zero-shot suite "
+                "scores a DeepLNGPTForCausalLM (the `deepln pretrain` output)."
+            )
+        _eval_gpt(ns, source)
     return 0
 
 

@@ -14,15 +14,16 @@ tokenizer, and every task name is known to the harness (close matches are sugges
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
-import os
+import functools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from ..training.args import DeepLNInputError
+from ..errors import DeepLNInputError
 from .suite import GPT_SUITE_TASKS, OFFLINE_TASKS, offline_task_dir
 
 __all__ = ["ModelSource", "resolve_model", "task_names", "run_lm_eval"]
@@ -184,24 +185,47 @@ def run_lm_eval(
             ) from None
 
 
-def quiet_progress() -> None:
-    """Hide tqdm bars (the harness's, ``datasets``' and ``transformers``') for ``--no-progress``.
+LM_EVAL_PROGRESS_MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface")
+"""The harness modules that draw progress bars with their own ``from tqdm import tqdm`` name."""
 
-    tqdm reads ``TQDM_DISABLE`` only when it is first imported (already done by transformers), so the default of
-    ``tqdm.__init__`` is wrapped to pass ``disable=True`` (the harness passes its own ``disable``); every
-    ``from tqdm import tqdm`` shares that class.
+
+def _hidden(bar: Any) -> Any:
+    """``bar`` (a tqdm class) called with ``disable=True`` whatever the caller passes."""
+
+    @functools.wraps(bar, updated=())
+    def hidden(*args: Any, **kwargs: Any) -> Any:
+        return bar(*args, **{**kwargs, "disable": True})
+
+    return hidden
+
+
+@contextlib.contextmanager
+def quiet_progress(quiet: bool = True) -> Iterator[None]:
+    """Hide the progress bars of the harness, ``datasets`` and ``transformers`` inside the block (``--no-progress``).
+
+    Scoped: the harness modules' own ``tqdm`` name is replaced by one that draws nothing and put back on exit, and
+    ``datasets``' / ``transformers``' bars are enabled again if they were; ``tqdm`` itself is never modified, so
+    other code in the process keeps its bars.
     """
-    import tqdm
-    from datasets.utils.logging import disable_progress_bar
-    from transformers.utils.logging import disable_progress_bar as disable_transformers_bars
+    if not quiet:
+        yield
+        return
+    import importlib
 
-    os.environ["TQDM_DISABLE"] = "1"
-    show = tqdm.tqdm.__init__
+    import datasets.utils.logging as datasets_logging
+    import transformers.utils.logging as transformers_logging
 
-    def hidden(self, *args, **kwargs):
-        kwargs["disable"] = True
-        show(self, *args, **kwargs)
-
-    tqdm.tqdm.__init__ = hidden
-    disable_progress_bar()
-    disable_transformers_bars()
+    modules = [importlib.import_module(name) for name in LM_EVAL_PROGRESS_MODULES]
+    saved = [(module, module.tqdm) for module in modules]
+    enable = [lib for lib in (datasets_logging, transformers_logging) if lib.is_progress_bar_enabled()]
+    for module, bar in saved:
+        module.tqdm = _hidden(bar)
+    for lib in enable:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, bar in saved:
+            module.tqdm = bar
+        for lib in enable:
+            lib.enable_progress_bar()

@@ -3,8 +3,12 @@
 At the end of the step where a stage ends, :class:`CompoundGrowCallback` grows the model *in place* (same top-level
 module object, so Trainer's and Accelerate's references stay valid): FFN un-sharing, then stacking, then the new
 pool size (:func:`grow_model`); it then grows the optimizer in place (:func:`~.optim_state.grow_optimizer`: new
-``param_groups`` and Adam state; the learning-rate scheduler keeps its step and its schedule, which holds the same
-optimizer object). Each event is printed and appended to ``<output_dir>/growth_events.jsonl`` with the step, the old
+``param_groups`` and Adam state, kept across stages: deepln's choice, the authors build a fresh optimizer per
+stage). The learning-rate schedule restarts at every stage by default, as the authors' code does
+(``StackingStageConfig`` rebuilt per stage: warmup again, then the decay of the whole run from the peak; seed 002
+App. A, ``methods.md`` §7.4): the scheduler's step counter is set back to 0, so the new stage runs the run's
+schedule from its start. ``restart_lr_schedule=False`` keeps one schedule through all stages. Each event is
+printed and appended to ``<output_dir>/growth_events.jsonl`` with the step, the old
 and new shapes and the loss on a fixed probe batch just before and just after growth (eval mode, same masking).
 
 Checkpoints: ``on_save`` writes ``growth_state.json`` (stage index, pool size, the resolved schedule) next to the
@@ -47,9 +51,18 @@ def stage_config(full_config: Any, stage: GrowthStage) -> Any:
     return config
 
 
-def stage_model(full_config: Any, stage: GrowthStage, model_class: type) -> nn.Module:
-    """A freshly initialised model of the stage's shape, with its pooling applied."""
+FAST_PATHS = ("sparse_mlm_loss", "fused_lm_loss")
+"""Training fast paths that are model instance attributes (not saved): a stage model built to replace a model
+takes them over, so a grown run trains with the same heads as a run of the full model."""
+
+
+def stage_model(full_config: Any, stage: GrowthStage, model_class: type, like: nn.Module | None = None) -> nn.Module:
+    """A freshly initialised model of the stage's shape, with its pooling applied and the :data:`FAST_PATHS` of
+    ``like`` (the model it replaces) switched on as they are there."""
     model = model_class(stage_config(full_config, stage))
+    for name in FAST_PATHS:
+        if like is not None and name in vars(like):
+            setattr(model, name, vars(like)[name])
     enable_length_pooling(model, stage.pool)
     return model
 
@@ -74,6 +87,22 @@ def _shape(model: nn.Module) -> dict[str, int]:
     }
 
 
+def restart_schedule(scheduler: Any) -> None:
+    """Set a ``LambdaLR`` (``Trainer``'s schedules; Accelerate's wrapper is unwrapped) back to its step 0: the next
+    optimizer step uses the learning rate of the schedule's first step (with warmup, the warmup starts again)."""
+    scheduler = getattr(scheduler, "scheduler", scheduler)
+    if not hasattr(scheduler, "lr_lambdas"):
+        raise GrowthError(
+            f"Cannot restart a {type(scheduler).__name__} per growth stage (a LambdaLR is expected, as Trainer "
+            "builds); pass restart_lr_schedule=False to keep one schedule."
+        )
+    scheduler.last_epoch = 0
+    rates = [base * fn(0) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates
+
+
 def read_growth_state(checkpoint: str | Path) -> dict[str, Any] | None:
     """The ``growth_state.json`` of a checkpoint folder, or None."""
     path = Path(checkpoint) / GROWTH_STATE_FILE
@@ -89,6 +118,7 @@ class CompoundGrowCallback(TrainerCallback):
         output_dir: where ``growth_events.jsonl`` goes (None: not written).
         on_growth: called with the grown model after each event (e.g. to re-attach hooks).
         verbose: print one line per event.
+        restart_lr_schedule: restart the learning-rate schedule at each stage, as the authors do (module docstring).
     """
 
     def __init__(
@@ -98,8 +128,10 @@ class CompoundGrowCallback(TrainerCallback):
         output_dir: str | Path | None = None,
         on_growth: Callable[[nn.Module], None] | None = None,
         verbose: bool = True,
+        restart_lr_schedule: bool = True,
     ):
         self.stages = stages
+        self.restart_lr_schedule = restart_lr_schedule
         self.probe_batch = probe_batch
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.on_growth = on_growth
@@ -125,12 +157,19 @@ class CompoundGrowCallback(TrainerCallback):
                 "growth.callback.stage_model (deepln pretrain --grow does) before training or resuming."
             )
 
-    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+    @property
+    def completed(self) -> bool:
+        """Whether the model has reached the schedule's last stage (the requested shape)."""
+        return self.stage_index == len(self.stages) - 1
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         while self.stages[self.stage_index].end is not None and state.global_step >= self.stages[self.stage_index].end:
             old, new = self.stages[self.stage_index], self.stages[self.stage_index + 1]
             loss_before = self._probe_loss(model)
             change = grow_model(model, old, new, optimizer)
             self.stage_index += 1
+            if self.restart_lr_schedule and lr_scheduler is not None:
+                restart_schedule(lr_scheduler)
             if self.on_growth is not None:
                 self.on_growth(model)
             event = {"step": state.global_step, "stage": self.stage_index + 1, **change}

@@ -29,8 +29,9 @@ def run_grow_bench(ns: argparse.Namespace) -> int | None:
 
 SUBCOMMANDS: dict[str, Subcommand] = {
     "grow-bench": Subcommand(
-        "Wall time to a target MLM loss with CompoundGrow vs the full model from the start (embedded corpus, CPU), "
-        "beside the paper's speedups; prints a table and writes grow_bench.png.",
+        "CPU time to masked-LM losses below the unigram level with CompoundGrow vs the full model from the start "
+        "(embedded corpus, bert-deep-small's recipe, same heads), beside the paper's speedups; prints a table and "
+        "writes grow_bench.png.",
         add_grow_bench_arguments,
         run_grow_bench,
     ),

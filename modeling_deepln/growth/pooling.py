@@ -10,8 +10,9 @@ Source: Gu et al. 2021 (seed 002 §3.1, "embedding pooling"), authors' code ``gr
     h_{l+1} = layer_l(h_l)   (l ≥ 1, length 1 + ⌈(L−1)/p⌉ + T)
     logits = lm_head(h_N[-T:])                                    # scored at the appended target positions
 
-``meanpool_p`` is TF's ``avg_pool(ksize=p, strides=p, padding='SAME')``: the last window of an odd remainder averages
-only its existing elements. The padding mask of layers ≥ 1 is max-pooled the same way (a window is valid if any of its
+``meanpool_p`` is TF's ``avg_pool(ksize=p, strides=p, padding='SAME')`` (here ``F.avg_pool1d`` with ``ceil_mode``):
+the last window of an odd remainder averages only its existing elements. The padding mask of layers ≥ 1 is
+max-pooled the same way (``F.max_pool1d``) (a window is valid if any of its
 tokens is). The masked positions (``labels != -100``, whose input is ``[MASK]``/random/kept per BERT's 80/10/10) are
 appended *unpooled* with their own position embeddings, as the authors' data format appends ``masked_*`` targets;
 unlike their pre-processed data, the main sequence here still holds the masked tokens (the collator's format), and
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import MaskedLMOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .operators import GrowthError
 
@@ -41,26 +43,15 @@ __all__ = ["mean_pool", "max_pool_mask", "enable_length_pooling", "disable_lengt
 POOL_ATTRIBUTE = "_deepln_pool_size"
 
 
-def _windows(tensor: torch.Tensor, size: int) -> torch.Tensor:
-    """``[B, n, ...]`` zero-padded to a multiple of ``size`` and viewed as ``[B, ⌈n/size⌉, size, ...]``."""
-    n = tensor.shape[1]
-    padded = (n + size - 1) // size * size
-    if padded != n:
-        pad = tensor.new_zeros((tensor.shape[0], padded - n, *tensor.shape[2:]))
-        tensor = torch.cat([tensor, pad], dim=1)
-    return tensor.view(tensor.shape[0], padded // size, size, *tensor.shape[2:])
-
-
 def mean_pool(hidden: torch.Tensor, size: int) -> torch.Tensor:
-    """Mean over windows of ``size`` along dim 1; a partial last window averages only its elements (SAME)."""
-    n = hidden.shape[1]
-    counts = _windows(torch.ones(1, n, 1, device=hidden.device, dtype=hidden.dtype), size).sum(dim=2)
-    return _windows(hidden, size).sum(dim=2) / counts
+    """``[B, n, H]`` -> ``[B, ⌈n/size⌉, H]``: means over windows of ``size``; a partial last window averages only its
+    elements (TF's ``padding='SAME'``: ``avg_pool1d`` with ``ceil_mode``, whose out-of-range part is not counted)."""
+    return F.avg_pool1d(hidden.transpose(1, 2), size, size, ceil_mode=True).transpose(1, 2)
 
 
 def max_pool_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
     """``[B, n]`` 0/1 mask -> ``[B, ⌈n/size⌉]``: a window is valid if any of its positions is."""
-    return _windows(mask.to(torch.long), size).amax(dim=2)
+    return F.max_pool1d(mask[:, None].float(), size, size, ceil_mode=True)[:, 0].long()
 
 
 def pool_size(model: nn.Module) -> int:
@@ -79,17 +70,21 @@ def _gather_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 def _attend(attention: nn.Module, query_in: torch.Tensor, kv_in: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-    """deepln self-attention with queries from ``query_in`` and keys/values from ``kv_in`` (same projections)."""
+    """deepln self-attention with queries from ``query_in`` and keys/values from ``kv_in`` (same projections), through
+    the model's attention interface (``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``, as
+    ``DeepLNAttention.forward``); NormFormer's head scales and ``out_proj`` as there."""
+    from ..model.layers_deepln import eager_attention_forward
+
     batch, q_len, _ = query_in.shape
     heads, head_dim = attention.num_heads, attention.head_dim
     query = attention.q_proj(query_in).view(batch, q_len, heads, head_dim).transpose(1, 2)
     key = attention.k_proj(kv_in).view(batch, -1, heads, head_dim).transpose(1, 2)
     value = attention.v_proj(kv_in).view(batch, -1, heads, head_dim).transpose(1, 2)
-    dropout = attention.attention_dropout if attention.training else 0.0
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager_attention_forward)
     mask = key_mask.to(torch.bool)[:, None, None, :]
-    output = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=attention.scaling)
-    output = output.transpose(1, 2)  # [batch, q_len, heads, head_dim]
-    scale = attention.head_scale
+    dropout = attention.attention_dropout if attention.training else 0.0
+    output, _ = interface(attention, query, key, value, mask, dropout=dropout, scaling=attention.scaling)
+    scale = attention.head_scale  # output: [batch, q_len, heads, head_dim]
     if scale is not None and attention.head_scale_before_out_proj:
         output = output * scale[:, None].to(output.dtype)
     output = attention.out_proj(output.reshape(batch, q_len, -1))

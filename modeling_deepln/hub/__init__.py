@@ -3,7 +3,7 @@
 - ``checks.py``: what a folder must hold (safetensors that verify, complete ``auto_map``, self-contained remote
   code, a tokenizer); each refusal says what to fix.
 - ``model_card.py``: the ``huggingface_hub.ModelCard`` (metadata, ``model-index``, shape, usage snippet).
-- ``upload.py``: ``publish``, the allow-listed upload (``create_repo`` + ``upload_folder``) and ``--dry-run``.
+- ``upload.py``: ``publish``, the allow-listed upload (``create_repo`` + one ``create_commit``) and ``--dry-run``.
 - ``cli.py``: the ``publish`` subcommand.
 """
 

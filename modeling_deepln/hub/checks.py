@@ -8,10 +8,11 @@
 * ``config.json``: ``auto_map`` has every entry of the family's complete map (``AutoConfig``, ``AutoModel`` and
   each head), and each entry names a class defined in a shipped file.
 * Remote code: the files named by ``auto_map`` and, recursively, their ``from .name import X`` imports, parsed with
-  :mod:`ast`. Absolute imports may only name ``torch``, ``transformers`` or the standard library (what
-  ``transformers.dynamic_module_utils.check_imports`` would otherwise reject on the user's machine); relative ones
-  must be flat ``from .name import X`` of a shipped file (``from . import x`` and ``from .a.b import X`` are not
-  copied by transformers' remote-code loader: hf-v5.md section 8).
+  :mod:`ast`. The packages transformers' remote-code loader will require on the user's machine
+  (``transformers.dynamic_module_utils.get_imports``, the list its ``check_imports`` checks) may only be ``torch``,
+  ``transformers`` or the standard library; relative imports must be flat ``from .name import X`` of a shipped file
+  (``from . import x`` and ``from .a.b import X`` are not copied by the loader, which follows only
+  ``from .name import`` lines: ``get_relative_imports`` in the same module).
 * Tokenizer: ``tokenizer_config.json`` and the vocabulary files; it must load and fit the model's vocabulary.
 """
 
@@ -25,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..training.args import DeepLNInputError
+from ..errors import DeepLNInputError
 
 __all__ = [
     "PublishError",
@@ -163,7 +164,8 @@ def _imports(tree: ast.AST) -> list[tuple[int, int, str | None, list[str]]]:
     return found
 
 
-def _check_one_import(where: str, level: int, module: str | None, names: list[str], folder: Path) -> str | None:
+def _check_one_import(where: str, level: int, module: str | None, names: list[str], folder: Path,
+                      required: set[str]) -> str | None:  # fmt: skip
     """The sibling file a relative import needs (or None); raises on an import the Hub copy cannot satisfy."""
     if level:
         if level != 1 or not module or "." in module:
@@ -175,6 +177,8 @@ def _check_one_import(where: str, level: int, module: str | None, names: list[st
                                "(save_pretrained copies it when the class is saved from the installed package).")
         return f"{module}.py"
     root = (module or "").split(".")[0]
+    if root not in required:  # e.g. inside try/except: transformers' loader does not require it
+        return None
     if root == "modeling_deepln":
         raise PublishError(f"{where}: imports {module}, which Hub users do not have (remote code must be "
                            "self-contained); import the sibling file instead ('from .configuration_deepln import ...') "
@@ -188,6 +192,8 @@ def _check_one_import(where: str, level: int, module: str | None, names: list[st
 
 def check_remote_code(folder: Path, auto_map: dict[str, str]) -> list[str]:
     """The ``.py`` files ``auto_map`` needs, following relative imports; each checked as the module docstring says."""
+    from transformers.dynamic_module_utils import get_imports
+
     pending = {}
     for auto_class, ref in auto_map.items():
         module, _, cls = ref.split("--")[-1].rpartition(".")
@@ -206,8 +212,9 @@ def check_remote_code(folder: Path, auto_map: dict[str, str]) -> list[str]:
             shipped[name] = tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         except SyntaxError as exc:
             raise PublishError(f"{path} does not parse ({exc}); fix or replace the file.") from None
+        required = set(get_imports(path))
         for line, level, module, names in _imports(tree):
-            sibling = _check_one_import(f"{name}:{line}", level, module, names, folder)
+            sibling = _check_one_import(f"{name}:{line}", level, module, names, folder, required)
             if sibling:
                 queue.append(sibling)
     for file, entries in pending.items():

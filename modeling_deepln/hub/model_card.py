@@ -14,6 +14,10 @@ entries: the ``model-index`` already in the folder's ``README.md`` (what ``deepl
 ``eval_results.json`` (written by ``deepln pretrain``/``finetune``: ``eval_loss``, ``perplexity``, accuracy, F1...),
 then ``deepln_eval_results.json`` if present: either lm-eval's ``simple_evaluate`` output (``{"results": {task:
 {"acc,none": x, ...}}}``; each task is its own data set) or a flat ``{metric: value}`` mapping.
+
+Only the model's own results go into the ``model-index`` (what the Hub shows as this model's scores). Reference
+points measured beside them (:func:`is_baseline`: the same model before training, ``*_before``; a unigram model of
+the training text, ``*unigram*``) go into the card's text and its ``deepln`` block, labelled as what they are.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ __all__ = [
     "DEFAULT_LICENSE",
     "EXTRA_EVAL_RESULTS",
     "task_of_architecture",
+    "is_baseline",
+    "baselines_from_metrics",
     "eval_results_from_metrics",
     "eval_results_from_folder",
     "usage_snippet",
@@ -60,8 +66,27 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
+def is_baseline(metric: str) -> bool:
+    """A reference point, not a result of the model: ``*_before`` (the model before training) or a unigram model."""
+    return metric.endswith("_before") or "unigram" in metric
+
+
+_BASELINE_MEANING = {
+    "perplexity_unigram": "a unigram model of the training text (token frequencies only), on the same targets",
+    "loss_before": "this model at initialisation, before training",
+    "perplexity_before": "this model at initialisation, before training",
+}
+
+
+def baselines_from_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The finite reference points among ``metrics`` (:func:`is_baseline`), keyed without the ``eval_`` prefix."""
+    return {key.removeprefix("eval_"): float(value) for key, value in metrics.items()
+            if _finite(value) and is_baseline(key.removeprefix("eval_"))}  # fmt: skip
+
+
 def eval_results_from_metrics(metrics: dict[str, Any], task: str, dataset_id: str | None, dataset_name: str) -> list:
-    """``huggingface_hub.EvalResult`` entries for the finite quality metrics (runtimes, counts, stderr dropped)."""
+    """``huggingface_hub.EvalResult`` entries for the model's finite quality metrics (runtimes, counts, stderr and
+    the reference points of :func:`is_baseline` dropped)."""
     from huggingface_hub import EvalResult
 
     return [
@@ -69,6 +94,7 @@ def eval_results_from_metrics(metrics: dict[str, Any], task: str, dataset_id: st
                    metric_type=key.removeprefix("eval_"), metric_value=float(value))  # fmt: skip
         for key, value in metrics.items()
         if _finite(value) and not any(word in key for word in _NOT_QUALITY)
+        and not is_baseline(key.removeprefix("eval_"))
     ]
 
 
@@ -96,9 +122,10 @@ def eval_results_from_folder(folder: Path, task: str, dataset_id: str | None, da
     from huggingface_hub import ModelCard
 
     merged: dict[tuple, Any] = {}
-    if (folder / "README.md").is_file():
+    if (folder / "README.md").is_file():  # cards of earlier deepln versions listed baselines as results
         for result in ModelCard.load(folder / "README.md").data.eval_results or []:
-            merged[_key(result)] = result
+            if not is_baseline(result.metric_type):
+                merged[_key(result)] = result
     if (folder / "eval_results.json").is_file():
         metrics = json.loads((folder / "eval_results.json").read_text())
         for result in eval_results_from_metrics(metrics, task, dataset_id, dataset_name):
@@ -158,6 +185,15 @@ def _results_table(results: list) -> str:
     return "| data | metric | value |\n|---|---|---|\n" + "\n".join(rows)
 
 
+def _baselines_table(baselines: dict[str, float]) -> str:
+    if not baselines:
+        return ""
+    rows = [f"| {name} | {value:.6g} | {_BASELINE_MEANING.get(name, 'a reference point')} |"
+            for name, value in baselines.items()]  # fmt: skip
+    return ("\nReference points measured on the same held-out data (not results of this model, so not in the "
+            "model-index):\n\n| metric | value | what it measures |\n|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
 def render_model_card(
     *,
     model_id: str,
@@ -172,8 +208,10 @@ def render_model_card(
     parameters: int | None = None,
     loss_plot: bool = False,
     extra_sections: str = "",
+    baselines: dict[str, float] | None = None,
 ):
-    """The card as a ``ModelCard``; ``model_id`` is the folder name at training time and the repo id on the Hub."""
+    """The card as a ``ModelCard``; ``model_id`` is the folder name at training time and the repo id on the Hub.
+    ``baselines`` (reference points, :func:`is_baseline`) are shown in the text, never in the model-index."""
     from huggingface_hub import ModelCard, ModelCardData
 
     card_data = ModelCardData(
@@ -185,7 +223,8 @@ def render_model_card(
         datasets=[dataset_id] if dataset_id else None,
         base_model=base_model,
         eval_results=eval_results or None,
-        deepln={"dataset_name": dataset_name, "training": dict(training or {}), "parameters": parameters},
+        deepln={"dataset_name": dataset_name, "training": dict(training or {}), "parameters": parameters,
+                "baselines": dict(baselines or {})},
     )
     hyper = "\n".join(f"- {k}: {v}" for k, v in (training or {}).items()) or "-"
     curve = "\n![Training and evaluation loss](loss.png)\n" if loss_plot else ""
@@ -200,7 +239,7 @@ def render_model_card(
 ## Evaluation
 
 {_results_table(eval_results)}
-{extra_sections}
+{_baselines_table(baselines or {})}{extra_sections}
 ## Training
 
 {hyper}
@@ -251,7 +290,7 @@ def write_model_card(
         model_id=model_name, config=config, task=task, dataset_name=dataset_name, dataset_id=dataset_id,
         eval_results=eval_results_from_metrics(metrics, task, dataset_id, dataset_name), training=training,
         base_model=base_model, license=license, parameters=count_parameters(folder),
-        loss_plot=(folder / "loss.png").is_file(),
+        loss_plot=(folder / "loss.png").is_file(), baselines=baselines_from_metrics(metrics),
     )  # fmt: skip
     path = folder / "README.md"
     card.save(path)
@@ -277,6 +316,16 @@ def _extra_sections(text: str) -> str:
     return "".join(f"\n## {p.rstrip()}\n" for p in kept)
 
 
+def _folder_baselines(folder: Path, old) -> dict[str, float]:
+    """Reference points of a folder whose card predates the ``baselines`` entry: from ``eval_results.json`` and from
+    the model-index where earlier deepln versions put them."""
+    found = {r.metric_type: float(r.metric_value) for r in (old.data.eval_results or []) if is_baseline(r.metric_type)
+             } if old else {}  # fmt: skip
+    if (folder / "eval_results.json").is_file():
+        found.update(baselines_from_metrics(json.loads((folder / "eval_results.json").read_text())))
+    return found
+
+
 def card_for_repo(folder: Path, repo_id: str, config: Any, *, parameters: int | None, license: str | None = None,
                   base_model: str | None = None):  # fmt: skip
     """The folder's card re-rendered for ``repo_id``: snippet with the repo id, results from every source, metadata
@@ -291,7 +340,8 @@ def card_for_repo(folder: Path, repo_id: str, config: Any, *, parameters: int | 
     earlier = [r.dataset_name for r in (old.data.eval_results or [])] if old else []  # cards written before the
     dataset_name = info.get("dataset_name") or (earlier or [dataset_id or "unspecified data"])[0]  # deepln block
     training = info.get("training") or (_section_items(old.content, "Training") if old else {})
-    return render_model_card(
+    return render_model_card(  # baselines: the card's own, else those an earlier card listed as results
+        baselines=info.get("baselines") or _folder_baselines(folder, old),
         model_id=repo_id, config=config, task=task, dataset_name=dataset_name, dataset_id=dataset_id,
         eval_results=eval_results_from_folder(folder, task, dataset_id, dataset_name), training=training,
         base_model=base_model or data.get("base_model"), license=license or data.get("license") or DEFAULT_LICENSE,

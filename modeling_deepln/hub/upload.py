@@ -13,9 +13,11 @@ Never: pickles (``training_args.bin``, ``optimizer.pt``, ``scheduler.pt``, ``rng
 ``pytorch_model.bin``), ``checkpoint-*/``, the ``prepared/`` data cache, TensorBoard ``runs/`` or any other file.
 
 The upload is ``HfApi.create_repo(exist_ok=True)`` (+ ``create_branch`` for ``--revision``) and one
-``HfApi.upload_folder`` of a staging folder holding exactly those files, with ``delete_patterns`` for weights and
-code so a re-publish does not leave stale shards behind. ``--dry-run DIR`` writes the staging folder to ``DIR`` and
-makes no network call.
+``HfApi.create_commit``: a ``CommitOperationAdd`` per file, reading the folder's files where they are (no copy of the
+shards) and the rewritten ones from memory, and a ``CommitOperationDelete`` for each file already in the repo that
+deepln writes but this upload no longer has (an old shard, a weights index, a remote-code file of deepln's), so a
+re-publish leaves nothing stale behind. Files of the repo that deepln does not write (a user's own script or notes)
+are left alone. ``--dry-run DIR`` writes the repo's files to ``DIR`` and makes no network call.
 
 Repairs made in the uploaded copy only (the folder is never modified): the card (repo id in the snippet, merged
 results), and ``tokenizer_class`` in ``tokenizer_config.json`` when a tokenizer was saved without it (transformers
@@ -24,19 +26,22 @@ results), and ``tokenizer_class`` in ``tokenizer_config.json`` when a tokenizer 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from huggingface_hub import HfApi
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from .. import model as _remote_code
 from .checks import PublishError, check_auto_map, check_remote_code, check_tokenizer, check_weights
 
-__all__ = ["UploadPlan", "plan_upload", "write_upload_folder", "publish", "OPTIONAL_FILES", "STALE_PATTERNS"]
+__all__ = ["UploadPlan", "plan_upload", "write_upload_folder", "commit_operations", "stale_files", "publish",
+           "OPTIONAL_FILES", "STALE_PATTERNS", "REMOTE_CODE_FILES"]
 
 OPTIONAL_FILES = (
     "generation_config.json",
@@ -48,9 +53,12 @@ OPTIONAL_FILES = (
     "eval_zero_shot.png",
 )
 """Shipped when present, as they are."""
-STALE_PATTERNS = ["*.safetensors", "model.safetensors.index.json", "*.py"]
-"""Remote files replaced on every publish (a re-publish must not keep an old shard or code file)."""
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+REMOTE_CODE_FILES = tuple(sorted(p.name for p in Path(_remote_code.__file__).parent.glob("*.py")
+                                  if p.name != "__init__.py"))  # fmt: skip
+"""The remote-code files deepln writes (``modeling_deepln/model/``)."""
+STALE_PATTERNS = ["model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json", *REMOTE_CODE_FILES]
+"""Files in the repo that deepln writes: one of them that this upload does not have is deleted (an old shard, a
+weights index, a code file); any other file in the repo is left as it is."""
 
 
 @dataclass
@@ -71,9 +79,26 @@ class UploadPlan:
 
 
 def _check_repo_id(repo_id: str) -> None:
-    if not _REPO_ID.match(repo_id or "") or "--" in repo_id or ".." in repo_id:
-        raise PublishError(f"--repo-id {repo_id!r} is not a Hub model id; use ORG/NAME (letters, digits, '-', '_', "
-                           "'.'; e.g. my-org/gpt-1k).")  # fmt: skip
+    """The Hub's own rule (``huggingface_hub.utils.validate_repo_id``): ``NAME`` or ``ORG/NAME``."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise PublishError(f"--repo-id {repo_id!r} is not a Hub model id ({exc}); use NAME or ORG/NAME (letters, "
+                           "digits, '-', '_', '.'; e.g. my-org/gpt-1k).") from None  # fmt: skip
+
+
+def stale_files(remote_files: list[str], plan: UploadPlan) -> list[str]:
+    """Files already in the repo that deepln writes (:data:`STALE_PATTERNS`) and this upload does not have."""
+    keep = set(plan.files)
+    return sorted(name for name in remote_files
+                  if name not in keep and any(fnmatch.fnmatchcase(name, p) for p in STALE_PATTERNS))  # fmt: skip
+
+
+def commit_operations(plan: UploadPlan, remote_files: list[str]) -> list:
+    """The commit: folder files added from where they are, rewritten ones from memory, stale deepln files deleted."""
+    adds = [CommitOperationAdd(name, str(plan.folder / name)) for name in sorted(plan.copied)]
+    adds += [CommitOperationAdd(name, text.encode("utf-8")) for name, text in sorted(plan.written.items())]
+    return [*adds, *(CommitOperationDelete(name) for name in stale_files(remote_files, plan))]
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -186,14 +211,14 @@ def publish(
     repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision:
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-    log(f"[deepln] uploading {len(plan.files)} files to {repo_url}" + (f" (branch {revision})" if revision else ""))
-    with tempfile.TemporaryDirectory(prefix="deepln-publish-") as staging:
-        files = write_upload_folder(plan, Path(staging) / "repo")
-        info = api.upload_folder(
-            repo_id=repo_id, folder_path=str(Path(staging) / "repo"), repo_type="model", revision=revision,
-            commit_message=commit_message or f"Upload {plan.folder.name} with deepln publish",
-            delete_patterns=STALE_PATTERNS,
-        )  # fmt: skip
+    operations = commit_operations(plan, api.list_repo_files(repo_id, revision=revision, repo_type="model"))
+    deleted = [op.path_in_repo for op in operations if isinstance(op, CommitOperationDelete)]
+    log(f"[deepln] uploading {len(plan.files)} files to {repo_url}" + (f" (branch {revision})" if revision else "")
+        + (f"; deleting the stale {', '.join(deleted)}" if deleted else ""))  # fmt: skip
+    info = api.create_commit(
+        repo_id, operations, commit_message=commit_message or f"Upload {plan.folder.name} with deepln publish",
+        repo_type="model", revision=revision,
+    )  # fmt: skip
     commit = getattr(info, "oid", None)
     log(f"[deepln] published {repo_id} (commit {commit}): {getattr(info, 'commit_url', repo_url)}")
-    return {"files": files, "repo_id": repo_id, "url": str(repo_url), "commit": commit}
+    return {"files": plan.files, "repo_id": repo_id, "url": str(repo_url), "commit": commit}

@@ -41,6 +41,7 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "residual_alpha": None,
     "residual_beta": None,
     "post_norm_form": None,
+    "final_layer_norm": None,
     "scale_output_init": False,
     "normformer_head_scale": True,
     "normformer_attn_norm": True,
@@ -63,6 +64,7 @@ class _DeepLNConfig(PretrainedConfig):
     _deepln_auto_map = {}
 
     def __init__(self, **kwargs: Any):
+        saved_before_final_layer_norm = "transformers_version" in kwargs and "final_layer_norm" not in kwargs
         for name, default in {**_COMMON_DEFAULTS, **self._family_defaults}.items():
             setattr(self, name, kwargs.pop(name, default))
         if self.intermediate_size is None and isinstance(self.hidden_size, int):
@@ -76,6 +78,14 @@ class _DeepLNConfig(PretrainedConfig):
                 self.post_norm_form = "ln"
             else:
                 self.post_norm_form = scheme.default_post_norm_form if scheme else None
+        scheme = RESIDUAL_SCHEMES.get(getattr(self, "residual_norm", None) or "")
+        if self.final_layer_norm is None and scheme is not None:
+            # stored explicitly for the same reason; a config saved before the field existed (no key at all, an
+            # explicit None asks for the default) was built with the rule of then: the Pre-LN family only
+            if saved_before_final_layer_norm:
+                self.final_layer_norm = scheme.final_norm
+            else:
+                self.final_layer_norm = scheme.default_final_norm(self.post_norm_form)
         # A complete auto_map, so AutoModel / any head loads a folder saved from any head (remote code).
         kwargs.setdefault("auto_map", dict(self._deepln_auto_map))
         super().__init__(**kwargs)
@@ -152,6 +162,11 @@ class _DeepLNConfig(PretrainedConfig):
                 f"upscale_ln, foundation_ln); residual_norm={self.residual_norm!r} normalises before the sublayer. "
                 "Use post_norm_form='ln' (or None)."
             )
+        if not isinstance(self.final_layer_norm, bool):
+            raise ValueError(
+                f"{name}.final_layer_norm must be True, False or None (the scheme's default), "
+                f"got {self.final_layer_norm!r}."
+            )
         if self.position_embedding_init not in POSITION_EMBEDDING_INITS:
             raise ValueError(
                 f"{name}.position_embedding_init must be one of {POSITION_EMBEDDING_INITS}, "
@@ -219,6 +234,12 @@ class DeepLNBertConfig(_DeepLNConfig):
             module; see ``residual_deepln``). ``None``: the scheme's default (``"alpha_plus_ln"`` for
             ``foundation_ln``, measured; ``"ln"`` otherwise), stored explicitly; a saved config without the field
             (older deepln) loads as ``"ln"``.
+        final_layer_norm: end the stack with one more LayerNorm (``final_norm``) before the heads. ``None``: the
+            scheme's default, stored explicitly: yes for the Pre-LN schemes (``pre_ln``, ``normformer``) and for
+            the ``"alpha_plus_ln"`` form, whose last hidden state ``α·s + LN(s)`` is not normalised (measured, see
+            ``residual_deepln.ResidualScheme.default_final_norm``); no for the ``"ln"`` form, which ends in a
+            LayerNorm. ``True``/``False`` force it for any scheme. A saved config without the field (older deepln)
+            loads with the final LayerNorm of the Pre-LN schemes only, as it was trained.
         scale_output_init: init the attention-output and FFN-output weights with ``σ/sqrt(2N)``
             (GPT-2/Megatron scaled init) in schemes without β.
         normformer_head_scale, normformer_attn_norm, normformer_ffn_norm, normformer_residual_scale:

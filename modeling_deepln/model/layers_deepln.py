@@ -31,8 +31,8 @@ from .residual_deepln import ResidualConnection
 CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 """Name of the KV-cache field of transformers' model outputs: ``cache`` from 5.24, ``past_key_values`` before."""
 
-# Roles of the Linear layers in a block, used by the init rules (tags on the leaf modules, see hf-v5 notes:
-# remote-code init must dispatch on leaves, not on the attention/MLP containers).
+# Roles of the Linear layers in a block, used by the init rules (tags on the leaf modules: transformers v5 initialises
+# remote-code models leaf by leaf, so the init must dispatch on the Linear layers, not on the attention/MLP containers).
 QUERY, KEY, VALUE, ATTN_OUT, FFN_IN, FFN_OUT = "query", "key", "value", "attn_out", "ffn_in", "ffn_out"
 BETA_ROLES = (VALUE, ATTN_OUT, FFN_IN, FFN_OUT)  # DeepNorm's β targets (not queries and keys)
 OUTPUT_ROLES = (ATTN_OUT, FFN_OUT)  # residual-branch output projections (GPT-2 scaled init)

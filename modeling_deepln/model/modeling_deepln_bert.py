@@ -80,15 +80,15 @@ class DeepLNBertPooler(nn.Module):
 
 
 class DeepLNBertModel(DeepLNBertPreTrainedModel):
-    """BERT embeddings, ``num_hidden_layers`` bidirectional :class:`DeepLNBlock` s, a final LayerNorm for the
-    Pre-LN schemes, and (optionally) BERT's pooler."""
+    """BERT embeddings, ``num_hidden_layers`` bidirectional :class:`DeepLNBlock` s, a final LayerNorm
+    ``final_norm`` when ``config.final_layer_norm`` (by default: the Pre-LN schemes and the ``α·s + LN(s)`` form),
+    and (optionally) BERT's pooler."""
 
     def __init__(self, config: DeepLNBertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
         self.embeddings = DeepLNBertEmbeddings(config)
         self.layers = build_blocks(config, is_causal=False)
-        scheme = config.residual_scheme
-        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if scheme.final_norm else None
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.final_layer_norm else None
         self.pooler = DeepLNBertPooler(config) if add_pooling_layer else None
         self.gradient_checkpointing = False
         self.post_init()

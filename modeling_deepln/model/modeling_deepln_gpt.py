@@ -48,7 +48,8 @@ class DeepLNGPTPreTrainedModel(DeepLNPreTrainedModel):
 
 class DeepLNGPTModel(DeepLNGPTPreTrainedModel):
     """Token + learned position embeddings, ``num_hidden_layers`` causal :class:`DeepLNBlock` s, and a final
-    LayerNorm for the Pre-LN schemes (``pre_ln``, ``normformer``)."""
+    LayerNorm ``final_norm`` when ``config.final_layer_norm`` (by default: the Pre-LN schemes and the
+    ``α·s + LN(s)`` form, see :class:`~configuration_deepln.DeepLNGPTConfig`)."""
 
     def __init__(self, config: DeepLNGPTConfig):
         super().__init__(config)
@@ -57,8 +58,7 @@ class DeepLNGPTModel(DeepLNGPTPreTrainedModel):
         dropout = config.embedding_dropout_prob
         self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.layers = build_blocks(config, is_causal=True)
-        scheme = config.residual_scheme
-        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if scheme.final_norm else None
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.final_layer_norm else None
         self.gradient_checkpointing = False
         self.post_init()
 

@@ -11,7 +11,7 @@ stateless object picked by ``config.residual_norm``:
 ``pre_ln``         ``x = x + G(LN(x))``                     1          --           yes
 ``deepnorm``       ``x = LN(α·x + G(x))``                   (2N)^1/4   (8N)^-1/4    no
 ``upscale_ln``     ``x = LN(α·x + G(x))``                   (2N)^1/4   --           no
-``foundation_ln``  ``x = α·s + LN(s)``, ``s = x + G(x)``     0.974      --           no
+``foundation_ln``  ``x = α·s + LN(s)``, ``s = x + G(x)``     0.974      --           yes (this form)
 ``normformer``     ``x = x + LN'(G(LN(x)))`` (+ head scale,  1          --           yes
                    FFN mid LN, optional ResScale)
 =================  =======================================  =========  ===========  ========================
@@ -20,19 +20,22 @@ The Post-LN family (``norm_position="post"``) has two forms of the normalisation
 ``config.post_norm_form`` (:data:`POST_NORM_FORMS`):
 
 * ``"ln"``: ``x = LN(α·x + G(x))``, the table above (DeepNet's equation; FoundationLayerNorm as reconstructed
-  from a third-party summary, methods.md §5); the default of every Post-LN scheme but ``foundation_ln``;
+  from a third-party summary of arXiv 2204.04477); the default of every Post-LN scheme but ``foundation_ln``;
 * ``"alpha_plus_ln"``: ``s = x + G(x)``, ``x = α·s + LN(s)``: the FoundationLayerNorm author's own normalization
   module (``ShenDezhou/DeepLayerNorm``, ``forward(x) = α·x + LN(x)``) put where Post-LN has ``LN(s)``
-  (methods.md §5.1, "a second reading"); the default of ``foundation_ln`` (measured, see :class:`FoundationLN`).
+  (a second reading of the paper); the default of ``foundation_ln`` (measured, see :class:`FoundationLN`).
   With α < 1 the stream stays bounded (≈ |LN| / (1 − α)); with α > 1 it
-  grows as α^(2N) and overflows at depth.
+  grows as α^(2N) and overflows at depth. The last hidden state is not normalised in this form, so a new config
+  in it ends with a final LayerNorm (:meth:`ResidualScheme.default_final_norm`).
+
+``config.final_layer_norm`` (``True``/``False``) forces the final LayerNorm on or off for any scheme.
 
 ``N`` is the number of layers. DeepNet's encoder-only (BERT) and decoder-only (GPT) constants are the same
 formula of the depth, so one scheme serves both families. "--" means the weights keep the standard
 ``N(0, initializer_range)`` init. A scheme is registered in :data:`RESIDUAL_SCHEMES`; adding a scheme means
 adding one class here and nothing else.
 
-Sources (details and status tags in the project's ``methods.md``):
+Sources:
 
 * Post-LN / Pre-LN: Vaswani et al. 2017; Xiong et al. 2020; ``microsoft/torchscale``
   ``architecture/encoder.py`` (``EncoderLayer.forward``).
@@ -64,7 +67,8 @@ class ResidualScheme:
         name: the value of ``config.residual_norm`` that selects the scheme.
         norm_position: ``"post"`` puts the sublayer LayerNorm on the sum (``LN(α·x + G(x))``), ``"pre"`` on the
             sublayer input (``x + G(LN(x))``).
-        final_norm: whether the stack ends with one more LayerNorm (true for the Pre-LN family).
+        final_norm: whether the scheme's stream needs one more LayerNorm at the end (true for the Pre-LN family);
+            a config's ``final_layer_norm`` overrides it (see :meth:`default_final_norm`).
         normformer: whether the NormFormer extras (head scale, post-attention LN, FFN mid LN, ResScale) may be
             switched on by the ``normformer_*`` config fields.
         default_post_norm_form: the form (:data:`POST_NORM_FORMS`) a new config of this scheme gets when it does
@@ -97,6 +101,18 @@ class ResidualScheme:
     def post_norm_form(self, config: Any) -> str:
         """The normalisation form for ``config``: ``config.post_norm_form`` when set, else the scheme's default."""
         return getattr(config, "post_norm_form", None) or self.default_post_norm_form
+
+    def default_final_norm(self, post_norm_form: str | None) -> bool:
+        """Whether a new config of this scheme in ``post_norm_form`` ends with a final LayerNorm when it does not
+        say (``config.final_layer_norm=None``).
+
+        The Pre-LN family does (its stream is never normalised), and so does the ``"alpha_plus_ln"`` form: its last
+        hidden state ``α·s + LN(s)`` is not normalised either (its norm grows towards ``|LN| / (1 − α)``, about
+        ``sqrt(d) / 0.026``), so a bare head starts with huge logits (loss at init 16.9 instead of ``ln V`` = 7.6,
+        hidden 32, 48 or 1,000 layers; README, "Residual-normalization schemes"). The ``"ln"`` form ends in a
+        LayerNorm already.
+        """
+        return self.final_norm or post_norm_form == "alpha_plus_ln"
 
     def beta(self, config: Any) -> float | None:
         """β for ``config``: ``config.residual_beta`` when set, else the scheme's formula (or ``None``)."""
@@ -158,8 +174,8 @@ class UpscaleLN(ResidualScheme):
     """Upscale LayerNorm, the BERT variant of FoundationLayerNorm: ``x_{i+1} = LN(α·x_i + G_i(x_i))`` with
     ``α = (2N)^(1/4)`` and **no** β weight scaling (weights keep the standard ``N(0, 0.02)`` init).
 
-    [RECON] The paper (arXiv 2204.04477 §4.1) says it "revises DeepNorm by keeping the Layer Normalization but
-    holding the weights within the residual branch, instead of scaling with β"; its equation was lost in
+    Reconstructed: the paper (arXiv 2204.04477 §4.1) says it "revises DeepNorm by keeping the Layer Normalization
+    but holding the weights within the residual branch, instead of scaling with β"; its equation was lost in
     extraction. Form and α are reconstructed from a third-party summary of the paper and the author's own code
     (``ShenDezhou/DeepLayerNorm``: ``alpha = (2 * NUMBER_LAYER) ** 0.25``). Post-LN placement and the absence of
     a final LayerNorm are deepln choices (the paper is silent).
@@ -180,21 +196,25 @@ class FoundationLN(ResidualScheme):
 
     * ``"alpha_plus_ln"`` (the default since it was measured): ``s = x_i + G_i(x_i)``,
       ``x_{i+1} = α·s + LN(s)``, the author's own normalization module (``ShenDezhou/DeepLayerNorm``,
-      ``forward(x) = α·x + LN(x)``) placed where Post-LN has ``LN(s)`` (methods.md §5.1);
-    * ``"ln"``: ``x_{i+1} = LN(α·x_i + G_i(x_i))`` (methods.md §5, from a third-party summary of the paper).
+      ``forward(x) = α·x + LN(x)``) placed where Post-LN has ``LN(s)``;
+    * ``"ln"``: ``x_{i+1} = LN(α·x_i + G_i(x_i))`` (from a third-party summary of the paper).
 
     Why the default is ``"alpha_plus_ln"``: on the embedded corpus (hidden 64, batch 16 × 128, tied bare head)
     the ``"ln"`` reading ends on the unigram solution with every position identical, at 4 layers as at 48
     (held-out loss 7.41 against the unigram model's 7.40, 48 layers, lr 2e-3, 10 % warmup, 300 steps), while
-    ``"alpha_plus_ln"`` learns the context (6.51 in the same run; 6.23 at 4 layers): issue 9, methods.md §5.1,
-    ``docs/collapse-study.md`` and ``configuration/benchmarks/``. Configs saved before the switch existed load
-    with ``"ln"`` (what they were trained with).
+    ``"alpha_plus_ln"`` learns the context (6.51 in the same run; 6.23 at 4 layers): the deepln README ("Why the
+    Post-LN family learns only the token frequencies here"), ``docs/collapse-study.md`` and
+    ``configuration/benchmarks/``. Configs saved before the switch existed load with ``"ln"`` (what they were
+    trained with).
 
-    [RECON] The paper (arXiv 2204.04477 §5) calls α "a constant parameter from experience"; its equation was
+    Reconstructed: the paper (arXiv 2204.04477 §5) calls α "a constant parameter from experience"; its equation was
     lost in extraction. The value 0.974 comes from a single third-party summary of the paper and could not be
     checked against the PDF, so it is a default, overridable with ``config.residual_alpha``. Post-LN placement
-    and no final LayerNorm are deepln choices. In the ``"alpha_plus_ln"`` form the last hidden state is not
-    normalised (its norm grows towards ``|LN| / (1 − α)`` with depth), so logits start large at depth.
+    is a deepln choice. In the ``"alpha_plus_ln"`` form the last hidden state is not normalised (its norm grows
+    towards ``|LN| / (1 − α)`` with depth), so a new config in that form ends with a final LayerNorm before the
+    head (measured: loss at init 7.63 instead of 16.9 at 48 and 1,000 layers, hidden 32; README,
+    "Residual-normalization schemes"); ``final_layer_norm=False`` gives the stack without it, as configs saved
+    before the field existed load.
     """
 
     name = "foundation_ln"
@@ -218,8 +238,8 @@ class NormFormer(ResidualScheme):
     found it helps only small models). Head scales are applied before ``W^O`` as in the paper by default, or
     after it as in fairseq (``normformer_head_scale_position="after_out_proj"``). All new scales start at 1,
     new LayerNorms at weight 1 / bias 0. Source: arXiv 2110.09456 §2; fairseq
-    ``TransformerDecoderLayerBase``. The encoder (BERT) form applies the same operations by analogy [RECON]:
-    fairseq implements them in the decoder layer only.
+    ``TransformerDecoderLayerBase``. The encoder (BERT) form applies the same operations by analogy (a
+    reconstruction): fairseq implements them in the decoder layer only.
     """
 
     name = "normformer"

@@ -1,6 +1,6 @@
 """Depth-stability tools: a per-layer training monitor and the schemes × depth benchmark.
 
-- ``measures.py``: the per-layer quantities as plain tensor functions (grouped norms, update size, position cosine).
+- ``measures.py``: the per-layer quantities as plain tensor functions (grouped norms, relative parameter update, position cosine).
 - ``monitor.py``: :class:`LayerMonitor`, a ``TrainerCallback`` that records them every k steps
   (``deepln pretrain --monitor-every K``), with TensorBoard scalars/histograms and PNG heatmaps.
 - ``grid.py``: ``deepln stability``'s grid of small models (schemes × depths × learning rates × warmup, GPT and BERT)

@@ -4,6 +4,7 @@
     deepln stability --bound                           # also DeepNet's model-update table
     deepln stability --bound-only                      # only the bound table
     deepln stability --wide                            # the GPU grid: depths up to 1,000, 2 lrs, with/without warmup
+    deepln stability --depth-1000                      # every scheme at 1,000 layers, GPT and BERT, on a CPU
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ TABLE_COLUMNS = ("family", "scheme", "depth", "lr", "warmup", "steps", "eval_los
 WIDE = {"depths": (6, 24, 48, 100, 200, 1000), "lrs": (5e-4, 2e-3), "warmups": (0.0, 0.1), "steps": 300,
         "seq_len": 128, "precision": "bf16"}  # fmt: skip
 """``--wide``: the GPU grid (flags given next to it still win)."""
+
+DEPTH_1000 = {"families": ("gpt", "bert"), "schemes": ("post_ln", "pre_ln", "deepnorm", "upscale_ln", "foundation_ln:ln",
+                                                       "foundation_ln:alpha_plus_ln",
+                                                       "foundation_ln:alpha_plus_ln:no_final_ln", "normformer"),
+              "depths": (1000,), "steps": 200, "hidden_size": 32, "num_heads": 2, "seq_len": 64, "batch_size": 8,
+              "eval_blocks": 64, "monitor_every": 20, "early_steps": 3, "progress_every": 20, "heatmaps": True}  # fmt: skip
+"""``--depth-1000``: every scheme at 1,000 layers, both families, narrow enough for a 2-core CPU (hidden 32,
+2 heads, 8 × 64 tokens a step); the α·s + LN(s) form with and without its final LayerNorm. Flags given next to it
+still win (e.g. ``--families gpt --steps 100``)."""
 
 
 def _ints(value: str) -> tuple[int, ...]:
@@ -46,10 +56,14 @@ def add_stability_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmups", type=_floats, default=s, help="Comma-separated warmup ratios (default 0.1).")
     for flag, kind in (("steps", int), ("hidden-size", int), ("num-heads", int), ("seq-len", int),
                        ("batch-size", int), ("vocab-size", int), ("eval-blocks", int), ("monitor-every", int),
-                       ("early-steps", int), ("margin", float), ("seed", int), ("max-minutes", float)):  # fmt: skip
+                       ("early-steps", int), ("margin", float), ("seed", int), ("max-minutes", float),
+                       ("progress-every", int)):  # fmt: skip
         parser.add_argument(f"--{flag}", dest=flag.replace("-", "_"), type=kind, default=s)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default=s, help="bf16 applies on a GPU only.")
     parser.add_argument("--wide", action="store_true", help="The GPU grid: " + str(WIDE).replace("%", "%%"))
+    parser.add_argument("--depth-1000", dest="depth_1000", action="store_true",
+                        help="Every scheme at 1,000 layers, GPT and BERT, narrow (hidden 32) for a CPU: "
+                        + str(DEPTH_1000).replace("%", "%%"))  # fmt: skip
     parser.add_argument("--output-dir", default=None, help="Default runs/stability-<timestamp>.")
     parser.add_argument("--bound", action="store_true", help="Also print DeepNet's model-update table.")
     parser.add_argument("--bound-only", action="store_true", help="Only the model-update table (no grid).")
@@ -57,11 +71,15 @@ def add_stability_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(values: dict):
-    from ..training import DeepLNInputError
+    from ..errors import DeepLNInputError
     from .grid import GridSettings, split_scheme
 
     names = {f.name for f in fields(GridSettings)}
-    wide = {k: v for k, v in WIDE.items()} if values.pop("wide", False) else {}
+    wide = dict(WIDE) if values.pop("wide", False) else {}
+    if values.pop("depth_1000", False):
+        if wide:
+            raise DeepLNInputError("--wide and --depth-1000 are two different grids; pick one.")
+        wide = dict(DEPTH_1000)
     settings = replace(GridSettings(), **{**wide, **{k: v for k, v in values.items() if k in names}})
     try:
         for scheme in settings.schemes:
@@ -83,7 +101,7 @@ def run_stability(ns: argparse.Namespace) -> int:
     import torch
 
     from .grid import run_grid
-    from .report import markdown_table, plot_early_updates, plot_loss_vs_depth, write_table
+    from .report import markdown_table, plot_early_updates, plot_grid_heatmaps, plot_loss_vs_depth, write_table
 
     values = dict(vars(ns))
     output_dir = Path(values.pop("output_dir") or f"runs/stability-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -102,6 +120,9 @@ def run_stability(ns: argparse.Namespace) -> int:
         early = [{"label": f"{r['family']} {r['scheme']} L{r['depth']}", **r["_early"]} for r in rows
                  if r["depth"] == deepest and r["lr"] == settings.lrs[0] and r["warmup"] == settings.warmups[0]]
         plot_early_updates(early, output_dir / "early_updates.png")
+        if settings.heatmaps:
+            for quantity in ("grad_norm", "position_cosine"):
+                plot_grid_heatmaps(rows, quantity, output_dir / f"heatmaps_{quantity}.png")
         print("\n" + markdown_table(rows, TABLE_COLUMNS[:-2] + ("seconds",)))
         print(f"\n[deepln] stability grid: {len(rows)} runs in {time.monotonic() - start:.0f} s; table {csv_path} "
               f"(+ .md), plots loss_vs_depth.png and early_updates.png in {output_dir}")  # fmt: skip

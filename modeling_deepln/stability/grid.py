@@ -4,7 +4,7 @@ Grid: residual schemes × depths × peak learning rates × warmup ratios, for th
 families, each cell a fresh model trained for the same number of steps with ``transformers.Trainer`` (AdamW, cosine
 decay, gradient clipping 1.0) on the embedded corpus, with the per-layer :class:`~.monitor.LayerMonitor` attached.
 A scheme is a ``residual_norm`` name, optionally with a post-norm form: ``foundation_ln:alpha_plus_ln`` is
-FoundationLayerNorm read as the author's module ``α·s + LN(s)`` (methods.md §5.1).
+FoundationLayerNorm read as the author's module ``α·s + LN(s)`` (``ShenDezhou/DeepLayerNorm``).
 
 Each cell ends in one failure mode (:func:`classify`), with the step it showed:
 
@@ -16,8 +16,10 @@ Each cell ends in one failure mode (:func:`classify`), with the step it showed:
 * ``stalled``: not below the unigram loss, positions distinct: on the plateau or still above it (step: the first
   training loss within ``margin`` of the unigram loss; none when it never got there).
 
-The unigram loss is the add-one-smoothed unigram model of the training tokens scored on the same held-out targets
-(next tokens for GPT, masked tokens for BERT): what a model that learned only token frequencies reaches.
+The unigram loss is :func:`modeling_deepln.training.metrics.unigram_loss` (the one reference every deepln command
+uses): the add-one-smoothed unigram model of the training tokens, special tokens excluded, scored on the same
+held-out targets (next tokens for GPT, masked tokens for BERT): what a model that learned only token frequencies
+reaches.
 Tokenizer and packed blocks are built once per (family, vocabulary, block length) and cached under
 ``$DEEPLN_CACHE/stability``.
 """
@@ -33,7 +35,10 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-__all__ = ["GridSettings", "Cell", "GridData", "prepare_grid_data", "unigram_loss", "classify", "train_cell", "run_grid"]
+from ..training.metrics import unigram_loss, unigram_special_ids
+
+__all__ = ["GridSettings", "Cell", "GridData", "GridProgress", "prepare_grid_data", "unigram_loss", "classify",
+           "train_cell", "run_grid"]
 
 SCHEMES = ("post_ln", "pre_ln", "deepnorm", "upscale_ln", "foundation_ln:ln", "foundation_ln:alpha_plus_ln", "normformer")
 """The default schemes of the grid (``name[:post_norm_form]``). Both FoundationLayerNorm readings name their form, so
@@ -45,7 +50,10 @@ COLLAPSE_COSINE = 0.95
 
 @dataclass
 class GridSettings:
-    """The grid and the shape of every model in it (defaults: sized for a 2-core CPU, see the README)."""
+    """The grid and the shape of every model in it (defaults: sized for a 2-core CPU, see the README).
+
+    ``progress_every``: print a progress line every that many steps of a run (0: one line per finished run);
+    ``heatmaps``: write each run's per-layer monitor heatmaps (``runs/<cell>/monitor_heatmaps.png``)."""
 
     families: tuple[str, ...] = ("gpt",)
     schemes: tuple[str, ...] = SCHEMES
@@ -65,6 +73,8 @@ class GridSettings:
     seed: int = 0
     precision: str = "fp32"
     max_minutes: float | None = None
+    progress_every: int = 0
+    heatmaps: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,24 +102,30 @@ class GridData:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def split_scheme(scheme: str) -> dict[str, str]:
-    """``"foundation_ln:alpha_plus_ln"`` -> ``{"residual_norm": "foundation_ln", "post_norm_form": "alpha_plus_ln"}``."""
+FINAL_NORM_OPTIONS = {"final_ln": True, "no_final_ln": False}
+"""Scheme-name suffixes that force ``final_layer_norm`` (``foundation_ln:alpha_plus_ln:no_final_ln``)."""
+
+
+def split_scheme(scheme: str) -> dict[str, Any]:
+    """``"foundation_ln:alpha_plus_ln"`` -> ``{"residual_norm": "foundation_ln", "post_norm_form": "alpha_plus_ln"}``;
+    a further ``:final_ln`` / ``:no_final_ln`` sets ``final_layer_norm`` (default: the scheme's)."""
     from ..model.residual_deepln import POST_NORM_FORMS, RESIDUAL_SCHEMES
 
-    name, _, form = scheme.partition(":")
+    name, *options = scheme.split(":")
     if name not in RESIDUAL_SCHEMES:
         raise ValueError(f"Unknown scheme {name!r} in {scheme!r}; choose from {', '.join(RESIDUAL_SCHEMES)}.")
-    if form and form not in POST_NORM_FORMS:
-        raise ValueError(f"Unknown post-norm form {form!r} in {scheme!r}; choose from {', '.join(POST_NORM_FORMS)}.")
-    return {"residual_norm": name, **({"post_norm_form": form} if form else {})}
-
-
-def unigram_loss(train_ids: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> float:
-    """Mean ``-log p(target)`` under the add-one-smoothed unigram model of ``train_ids`` (targets ``-100`` skipped)."""
-    counts = torch.bincount(train_ids.reshape(-1), minlength=vocab_size).double() + 1.0
-    log_probs = (counts / counts.sum()).log()
-    targets = targets.reshape(-1)
-    return float(-log_probs[targets[targets != -100]].mean())
+    fields: dict[str, Any] = {"residual_norm": name}
+    for option in options:
+        if option in POST_NORM_FORMS and "post_norm_form" not in fields:
+            fields["post_norm_form"] = option
+        elif option in FINAL_NORM_OPTIONS and "final_layer_norm" not in fields:
+            fields["final_layer_norm"] = FINAL_NORM_OPTIONS[option]
+        else:
+            raise ValueError(
+                f"Unknown option {option!r} in {scheme!r}: after the scheme name give a post-norm form "
+                f"({', '.join(POST_NORM_FORMS)}) and/or {' or '.join(FINAL_NORM_OPTIONS)}, each at most once."
+            )
+    return fields
 
 
 def _blocks(family: str, settings: GridSettings) -> tuple[Any, torch.Tensor, torch.Tensor]:
@@ -166,7 +182,8 @@ def prepare_grid_data(family: str, settings: GridSettings) -> GridData:
         targets = torch.cat([batch["labels"][:, 1:] for batch in batches])
     else:
         targets = torch.cat([batch["labels"] for batch in batches])
-    return GridData(family, tokenizer, train, batches, unigram_loss(train, targets, settings.vocab_size))
+    special = unigram_special_ids(tokenizer, family)
+    return GridData(family, tokenizer, train, batches, unigram_loss(train, targets, settings.vocab_size, special))
 
 
 class _Blocks(torch.utils.data.Dataset):
@@ -211,6 +228,57 @@ class LossWatch(TrainerCallback):
             self.non_finite_step = state.global_step
             control.should_training_stop = True
         return control
+
+
+class GridProgress(TrainerCallback):
+    """A line every ``every`` steps of a run: step, mean training loss since the last line against the unigram loss,
+    seconds per step, and the time left for the whole grid (from the grid's mean seconds per step so far; runs
+    that stop early, e.g. on a non-finite loss, shorten it).
+
+    ``total_steps`` is the grid's planned number of steps; call :meth:`start_run` / :meth:`finish_run` around each run.
+    """
+
+    def __init__(self, every: int, total_steps: int):
+        self.every, self.total_steps = every, total_steps
+        self.steps_run, self.steps_accounted, self.seconds = 0, 0, 0.0
+        self.label, self.unigram, self._losses, self._step, self._start = "", float("nan"), [], 0, time.monotonic()
+
+    def start_run(self, label: str, unigram: float) -> None:
+        self.label, self.unigram, self._losses, self._step, self._start = label, unigram, [], 0, time.monotonic()
+
+    def finish_run(self, planned_steps: int) -> None:
+        self.steps_run += self._step
+        self.steps_accounted += planned_steps
+        self.seconds += time.monotonic() - self._start
+        self._step = 0
+
+    def seconds_left(self) -> float:
+        seconds = self.seconds + time.monotonic() - self._start if self._step else self.seconds
+        steps = self.steps_run + self._step
+        return seconds / steps * (self.total_steps - self.steps_accounted - self._step) if steps else float("nan")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        self._losses.append(float(loss))
+        self._step = state.global_step
+        if self.every and (self._step % self.every == 0 or self._step == state.max_steps):
+            mean = sum(self._losses) / len(self._losses)
+            rate = (time.monotonic() - self._start) / self._step
+            print(f"[deepln]   {self.label} step {self._step}/{state.max_steps}: loss {mean:.3f} (unigram "
+                  f"{self.unigram:.3f}), {rate:.2f} s/step; grid {format_duration(self.seconds_left())} left",
+                  flush=True)  # fmt: skip
+            self._losses = []
+
+
+def format_duration(seconds: float) -> str:
+    """``"1 h 05 min"``, ``"12 min"``, ``"40 s"`` (``"?"`` when unknown)."""
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def classify(
@@ -282,7 +350,9 @@ def _training_arguments(cell: Cell, settings: GridSettings, output_dir: Path):
     )  # fmt: skip
 
 
-def train_cell(cell: Cell, data: GridData, settings: GridSettings, output_dir: Path) -> dict[str, Any]:
+def train_cell(
+    cell: Cell, data: GridData, settings: GridSettings, output_dir: Path, progress: GridProgress | None = None
+) -> dict[str, Any]:
     """Train one cell with ``Trainer`` + :class:`LayerMonitor`; return its table row (and the monitor records)."""
     from transformers import PrinterCallback, Trainer
     from transformers.utils import logging as hf_logging
@@ -292,14 +362,15 @@ def train_cell(cell: Cell, data: GridData, settings: GridSettings, output_dir: P
     start, cpu_start = time.monotonic(), time.process_time()
     model = build_cell_model(cell, settings, data.tokenizer)
     monitor = LayerMonitor(every=settings.monitor_every, first_steps=settings.early_steps,
-                           output_dir=str(output_dir / cell.name), tensorboard=False, plots=False)  # fmt: skip
+                           output_dir=str(output_dir / cell.name), tensorboard=False, plots=settings.heatmaps)  # fmt: skip
     watch = LossWatch()
+    callbacks = [monitor, watch] + ([progress] if progress is not None else [])
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
         trainer = Trainer(model=model, args=_training_arguments(cell, settings, output_dir / cell.name),
                           train_dataset=_Blocks(data.train_blocks), data_collator=collator(cell.family, data.tokenizer),
-                          callbacks=[monitor, watch])  # fmt: skip
+                          callbacks=callbacks)  # fmt: skip
         trainer.remove_callback(PrinterCallback)  # the table's progress line replaces per-step log dicts
         trainer.train()
     finally:
@@ -317,13 +388,14 @@ def train_cell(cell: Cell, data: GridData, settings: GridSettings, output_dir: P
         "update_first": first, "update_last": final, "seconds": time.monotonic() - start,
         "cpu_seconds": time.process_time() - cpu_start,
         "_early": early_update_profile(monitor, settings.early_steps),
+        "_monitor": {"records": monitor.records, "sublayers": monitor.sublayers},
     }  # fmt: skip
 
 
 def early_update(monitor: Any, layer: int, early_steps: int) -> float:
     """Mean ``‖ΔW‖/‖W‖`` of one layer (both sublayers) over the monitored steps ``≤ early_steps``."""
     groups = [g for g, sub in enumerate(monitor.sublayers) if sub.layer == layer]
-    values = [r["values"]["update_size"][g] for r in monitor.records if r["step"] <= max(early_steps, 1) for g in groups]
+    values = [r["values"]["relative_update"][g] for r in monitor.records if r["step"] <= max(early_steps, 1) for g in groups]
     return sum(values) / len(values) if values else float("nan")
 
 
@@ -333,7 +405,7 @@ def early_update_profile(monitor: Any, early_steps: int) -> dict[str, Any]:
     records = [r for r in monitor.records if r["step"] <= max(early_steps, 1)]
     updates = []
     for record in records:
-        row = record["values"]["update_size"]
+        row = record["values"]["relative_update"]
         per_layer = [[] for _ in range(layers)]
         for g, sub in enumerate(monitor.sublayers):
             per_layer[sub.layer].append(row[g])
@@ -348,21 +420,28 @@ def grid_cells(settings: GridSettings, family: str) -> list[Cell]:
 
 
 def run_grid(settings: GridSettings, output_dir: str | Path) -> list[dict[str, Any]]:
-    """Train every cell (a progress line each) and return the rows; stops early past ``settings.max_minutes``."""
+    """Train every cell (a progress line each, and every ``settings.progress_every`` steps) and return the rows;
+    stops early past ``settings.max_minutes``."""
     output_dir = Path(output_dir)
     rows: list[dict[str, Any]] = []
     start = time.monotonic()
+    cells = {family: grid_cells(settings, family) for family in settings.families}
+    total = sum(len(family_cells) for family_cells in cells.values())
+    progress = GridProgress(settings.progress_every, total * settings.steps)
     for family in settings.families:
         data = prepare_grid_data(family, settings)
         print(f"[deepln] stability: {family.upper()} unigram loss {data.unigram_loss:.3f} nats on "
               f"{sum(len(b['input_ids']) for b in data.eval_batches)} held-out blocks", flush=True)  # fmt: skip
-        for cell in grid_cells(settings, family):
+        for cell in cells[family]:
             if settings.max_minutes and time.monotonic() - start > 60 * settings.max_minutes:
                 print(f"[deepln] stability: time budget of {settings.max_minutes:g} min spent; skipping {cell.name}")
+                progress.finish_run(settings.steps)
                 continue
-            row = train_cell(cell, data, settings, output_dir / "runs")
+            progress.start_run(cell.name, data.unigram_loss)
+            row = train_cell(cell, data, settings, output_dir / "runs", progress)
+            progress.finish_run(settings.steps)
             rows.append(row)
             print(f"[deepln] {cell.name:<46} loss {row['eval_loss']:.3f} (unigram {row['unigram_loss']:.3f}) "
-                  f"cos {row['cosine']:.2f} {row['mode']:<9} step {row['mode_step']}  {row['seconds']:.1f} s",
-                  flush=True)  # fmt: skip
+                  f"cos {row['cosine']:.2f} {row['mode']:<9} step {row['mode_step']}  {row['seconds']:.1f} s; "
+                  f"{len(rows)}/{total} runs, {format_duration(progress.seconds_left())} left", flush=True)  # fmt: skip
     return rows

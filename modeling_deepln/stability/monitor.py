@@ -6,13 +6,20 @@ sublayer ``G``):
 
 =================  ============================================================================================
 ``grad_norm``      ``sqrt(Σ_p ‖∇p‖²)`` over the sublayer's parameters (after Trainer's gradient clipping)
-``update_size``    ``‖ΔW‖ / ‖W‖`` of the sublayer's parameters over that optimizer step (DeepNet's model-update
-                   measure, arXiv 2203.00555 §3 / Fig. 3): parameter copies before the step, one fused difference
-``stream_norm``    mean over positions of ``‖x_out‖``, the residual stream leaving the sublayer
-``branch_ratio``   ``‖G(x)‖ / ‖α·λ⊙x‖`` (Frobenius over the batch): how much the branch adds against the skip path
-                   (``α`` the scheme's residual multiplier; 1 in the ``alpha_plus_ln`` form, where α is outside)
-``position_cosine``  mean cosine between the outputs at different positions of a sequence (1.0: collapsed)
+``relative_update``  ``‖ΔW‖ / ‖W‖`` of the sublayer's parameters over that optimizer step, the relative parameter
+                   update (parameter copies before the step, one fused difference). Not DeepNet's model update
+                   ``‖F(x; θ_i) − F(x; θ_0)‖`` (arXiv 2203.00555 §3), a change of the output:
+                   :mod:`~modeling_deepln.stability.bound` measures that. Records written before this name used
+                   ``update_size`` (:func:`load_monitor_records` reads both).
+``stream_norm``    mean over real positions of ``‖x_out‖``, the residual stream leaving the sublayer
+``branch_ratio``   ``‖G(x)‖ / ‖α·λ⊙x‖`` (Frobenius over the real positions of the batch): how much the branch adds
+                   against the skip path (``α`` the scheme's residual multiplier; 1 in the ``alpha_plus_ln`` form,
+                   where α is outside)
+``position_cosine``  mean cosine between the outputs at different real positions of a sequence (1.0: collapsed)
 =================  ============================================================================================
+
+Real positions: the activation measures leave out padding, using the ``attention_mask`` the model is called with
+(a forward pre-hook on the model reads it; without one, every position counts, as in packed pre-training blocks).
 
 Parameter norms come from ``torch._foreach_norm`` over all parameters at once (:func:`grouped_norms`); activation
 measures from forward hooks that exist only during a monitored step (first micro-batch only) and keep their results
@@ -39,12 +46,14 @@ import torch
 from transformers import TrainerCallback
 
 from ..training.callbacks import _first_tensor
-from .measures import grouped_norms, mean_position_cosine, mean_token_norm
+from .measures import grouped_norms, masked_norm, mean_position_cosine, mean_token_norm
 
-__all__ = ["QUANTITIES", "Sublayer", "LayerMonitor", "find_sublayers", "monitor_callbacks"]
+__all__ = ["QUANTITIES", "Sublayer", "LayerMonitor", "find_sublayers", "monitor_callbacks", "load_monitor_records"]
 
-QUANTITIES = ("grad_norm", "update_size", "stream_norm", "branch_ratio", "position_cosine")
+QUANTITIES = ("grad_norm", "relative_update", "stream_norm", "branch_ratio", "position_cosine")
 """What the monitor records per sublayer, in the order of each record's ``values``."""
+FORMER_NAMES = {"update_size": "relative_update"}
+"""Quantity names of earlier ``monitor.jsonl`` files -> today's."""
 
 SUBLAYER_KINDS = {"attention_residual": "attn", "mlp_residual": "ffn"}
 """Attribute of the ResidualConnection in a ``DeepLNBlock`` -> sublayer name; the branch module is the attribute
@@ -88,7 +97,7 @@ class LayerMonitor(TrainerCallback):
 
     Args:
         every: monitor steps ``every, 2·every, ...`` (1-based optimizer steps).
-        first_steps: also monitor each of the first ``first_steps`` steps (early update sizes).
+        first_steps: also monitor each of the first ``first_steps`` steps (early relative updates).
         output_dir: where ``monitor.jsonl``, the heatmaps and the TensorBoard folder go (default: Trainer's).
         tensorboard: write TensorBoard scalars and histograms.
         plots: write ``monitor_heatmaps.png`` at the end of training.
@@ -113,6 +122,7 @@ class LayerMonitor(TrainerCallback):
         self._params: list[torch.nn.Parameter] = []
         self._group_index = torch.zeros(0, dtype=torch.long)
         self._handles: list[Any] = []
+        self._model: torch.nn.Module | None = None
         self._signature: tuple[int, ...] = ()
         self._writer = None
         self._reset_step()
@@ -122,6 +132,7 @@ class LayerMonitor(TrainerCallback):
     def attach(self, model: torch.nn.Module) -> "LayerMonitor":
         """Find the model's sublayers and group its parameters (call once; Trainer's ``on_train_begin`` does)."""
         self._entries = find_sublayers(model)
+        self._model = model
         self._signature = tuple(id(p) for p in model.parameters())
         self.sublayers = [entry[0] for entry in self._entries]
         self._params = [p for entry in self._entries for p in entry[3]]
@@ -137,12 +148,16 @@ class LayerMonitor(TrainerCallback):
     def _reset_step(self) -> None:
         self._active_step: int | None = None
         self._acts: dict[int, list[torch.Tensor]] = {}
+        self._mask: torch.Tensor | None = None
+        self._mask_read = False
         self._branch: dict[int, torch.Tensor] = {}
         self._grad: torch.Tensor | None = None
         self._before: list[torch.Tensor] | None = None
         self._update: torch.Tensor | None = None
 
     def _install_hooks(self) -> None:
+        if self._model is not None:
+            self._handles.append(self._model.register_forward_pre_hook(self._mask_hook, with_kwargs=True))
         for g, (_, residual, branch, _) in enumerate(self._entries):
             self._handles.append(residual.register_forward_hook(self._residual_hook(g), with_kwargs=True))
             self._handles.append(branch.register_forward_hook(self._branch_hook(g)))
@@ -152,11 +167,23 @@ class LayerMonitor(TrainerCallback):
             handle.remove()
         self._handles = []
 
+    def _mask_hook(self, module, args, kwargs):
+        """Keep the first monitored forward's ``attention_mask`` (``[batch, T]``; padded positions 0)."""
+        if not self._mask_read:
+            self._mask_read = True
+            mask = kwargs.get("attention_mask")
+            self._mask = mask.detach() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+    def _real_positions(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """The mask of real positions when it fits ``hidden`` (``[batch, T, ...]``), else None (all count)."""
+        mask = self._mask
+        return mask if mask is not None and tuple(mask.shape) == tuple(hidden.shape[:2]) else None
+
     def _branch_hook(self, g: int):
         def hook(module, inputs, output):
             tensor = _first_tensor(output)
             if g not in self._branch and tensor is not None:
-                self._branch[g] = tensor.detach().float().norm()
+                self._branch[g] = masked_norm(tensor, self._real_positions(tensor))
 
         return hook
 
@@ -167,8 +194,9 @@ class LayerMonitor(TrainerCallback):
             x = (args[0] if args else kwargs["hidden_states"]).detach().float()
             out = _first_tensor(output)
             skip = x * module.residual_scale.detach().float() if module.residual_scale is not None else x
-            skip_norm = skip.norm() * (1.0 if module.alpha_plus_ln else abs(module.alpha))
-            self._acts[g] = [mean_token_norm(out), skip_norm, mean_position_cosine(out)]
+            mask = self._real_positions(out)
+            skip_norm = masked_norm(skip, mask) * (1.0 if module.alpha_plus_ln else abs(module.alpha))
+            self._acts[g] = [mean_token_norm(out, mask), skip_norm, mean_position_cosine(out, mask)]
 
         return hook
 
@@ -268,7 +296,7 @@ class LayerMonitor(TrainerCallback):
             return
         values, order = record["values"], range(len(self.sublayers))
         candidates = [(q, g) for g in order for q in ("stream_norm", "branch_ratio", "position_cosine")]
-        candidates += [("grad_norm", g) for g in reversed(order)] + [("update_size", g) for g in order]
+        candidates += [("grad_norm", g) for g in reversed(order)] + [("relative_update", g) for g in order]
         for quantity, g in candidates:
             value = values[quantity][g]
             if quantity in record["measured"] and not math.isfinite(value):
@@ -305,6 +333,18 @@ class LayerMonitor(TrainerCallback):
         steps = [record["step"] for record in self.records]
         columns = [record["values"][quantity] for record in self.records]
         return steps, [list(row) for row in zip(*columns)] if columns else []
+
+
+def load_monitor_records(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``monitor.jsonl`` file, quantity names as today's (earlier files' names mapped)."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            record["values"] = {FORMER_NAMES.get(k, k): v for k, v in record["values"].items()}
+            record["measured"] = [FORMER_NAMES.get(k, k) for k in record.get("measured", [])]
+            records.append(record)
+    return records
 
 
 def monitor_callbacks(args: Any) -> list[TrainerCallback]:

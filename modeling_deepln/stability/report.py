@@ -3,7 +3,9 @@
 * :func:`plot_monitor_heatmaps`: the per-layer monitor's records as layer × step heatmaps, one panel per quantity.
 * :func:`write_table`: the grid's rows as CSV and a Markdown table; :func:`markdown_table` the Markdown alone.
 * :func:`plot_loss_vs_depth`: final held-out loss against depth, one line per scheme, the unigram loss dashed.
-* :func:`plot_early_updates`: update size ``‖ΔW‖/‖W‖`` per layer over the first steps, one panel per scheme.
+* :func:`plot_early_updates`: relative parameter update ``‖ΔW‖/‖W‖`` per layer over the first steps, one panel
+  per scheme.
+* :func:`plot_grid_heatmaps`: one monitor quantity as a layer × step heatmap per grid run, titled with its verdict.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_monitor_heatmaps", "markdown_table", "write_table", "plot_loss_vs_depth", "plot_early_updates"]
+__all__ = ["plot_monitor_heatmaps", "plot_grid_heatmaps", "markdown_table", "write_table", "plot_loss_vs_depth",
+           "plot_early_updates"]
 
-_LOG_SCALE = {"grad_norm", "update_size", "stream_norm", "branch_ratio"}
+_LOG_SCALE = {"grad_norm", "relative_update", "stream_norm", "branch_ratio"}
 
 
 def _pyplot():
@@ -148,6 +151,47 @@ def plot_early_updates(runs: Sequence[dict[str, Any]], path: str | Path) -> Path
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     axes[0][0].set_ylabel("‖ΔW‖ / ‖W‖")
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_grid_heatmaps(rows: Sequence[dict[str, Any]], quantity: str, path: str | Path) -> Path:
+    """One monitor quantity as a layer × step heatmap per run (one panel per row of the grid, titled with its
+    verdict): how each scheme's layers behave over training at a glance. Log10 colour scale for norms and ratios,
+    [0, 1] for the position cosine; a run that recorded nothing is left blank."""
+    import numpy as np
+
+    plt = _pyplot()
+    columns = min(4, len(rows))
+    lines = math.ceil(len(rows) / columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(3.3 * columns, 3.0 * lines), dpi=100, squeeze=False)
+    for axis, row in zip(axes.flat, rows):
+        records, sublayers = row["_monitor"]["records"], row["_monitor"]["sublayers"]
+        axis.set_title(f"{row['family']} {row['scheme']}\n{row['mode']} (loss {row['eval_loss']:.2f})", fontsize=8)
+        if not records:
+            axis.set_axis_off()
+            continue
+        grid = np.array([record["values"][quantity] for record in records], dtype=float).T  # [sublayer, step]
+        cosine = quantity == "position_cosine"
+        if not cosine:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                grid = np.log10(np.where(grid > 0, grid, np.nan))
+        image = axis.imshow(grid, aspect="auto", origin="lower", interpolation="nearest", cmap="viridis",
+                            vmin=0.0 if cosine else None, vmax=1.0 if cosine else None)  # fmt: skip
+        steps = [record["step"] for record in records]
+        ticks = np.linspace(0, len(steps) - 1, min(len(steps), 4)).round().astype(int)
+        axis.set_xticks(ticks, [str(steps[i]) for i in ticks], fontsize=7)
+        layers = max(1, len(sublayers) // 2)
+        axis.set_yticks([0, len(sublayers) - 1], ["0", str(layers - 1)], fontsize=7)
+        axis.set_xlabel("step", fontsize=7)
+        axis.set_ylabel("layer", fontsize=7)
+        figure.colorbar(image, ax=axis, fraction=0.046)
+    for axis in list(axes.flat)[len(rows):]:
+        axis.set_axis_off()
+    figure.suptitle(quantity if quantity == "position_cosine" else f"log10 {quantity}", fontsize=10)
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path)

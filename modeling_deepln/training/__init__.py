@@ -1,8 +1,9 @@
 """Training tools around the model: ``deepln pretrain`` / ``deepln finetune`` over ``transformers.Trainer``.
 
 - ``args.py``: ``PretrainArgs`` / ``FinetuneArgs`` and the preset recipes that fill them.
-- ``checks.py``: input checks (each error says what to fix) and the output-folder rules.
-- ``trainer_setup.py``: processes, ``TrainingArguments``, the callbacks every run gets, TensorBoard.
+- ``checks.py``: input checks (each error says what to fix); ``output_dir.py``: the output-folder rules, resume.
+- ``model_config.py``: the model config from the preset and the options given.
+- ``trainer_setup.py``: processes, ``TrainingArguments`` (schedule, per-process batches), callbacks, TensorBoard.
 - ``pretraining.py`` / ``finetuning.py``: the two jobs as short sequences of named steps.
 - ``reporting.py``: loss plot, model card and samples of a finished run.
 - ``data.py``, ``corpus.py``, ``tokenization.py``: data loading and packing, the embedded corpus, tokenizers.
@@ -10,15 +11,15 @@
 - ``cli.py``: the ``pretrain`` and ``finetune`` subcommands.
 """
 
+from ..errors import DeepLNInputError, NonFiniteError
 from .args import (
     RECIPES_DIR,
-    DeepLNInputError,
     FinetuneArgs,
     PretrainArgs,
     load_recipe,
     resolve_pretrain_args,
 )
-from .callbacks import NonFiniteError, NonFiniteGuard, TimeLimitCallback, last_complete_checkpoint
+from .callbacks import NonFiniteGuard, TimeLimitCallback, last_complete_checkpoint
 from .finetuning import finetune
 from .model_card import write_model_card
 from .pretraining import pretrain

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..errors import DeepLNInputError  # also importable from here (its old home)
 from ..presets import PRESETS_DIR
 
 __all__ = [
@@ -28,10 +29,6 @@ RECIPES_DIR = PRESETS_DIR / "recipes"
 """Folder of the training recipes ``<preset>.json`` (next to the preset configs)."""
 
 
-class DeepLNInputError(ValueError):
-    """Bad input found before training started (the CLI prints it as ``deepln: error: ...`` and exits with 2)."""
-
-
 @dataclass
 class PretrainArgs:
     """Arguments of :func:`pretrain`. ``None`` means: take the preset's recipe value, else the built-in default."""
@@ -43,6 +40,9 @@ class PretrainArgs:
     post_norm_form: str | None = None
     """Post-LN family only: ``ln`` = ``LN(α·x + G(x))`` or ``alpha_plus_ln`` = ``α·s + LN(s)``, ``s = x + G(x)``
     (default: the preset's, or the scheme's default when ``--residual-norm`` changes the scheme)."""
+    final_layer_norm: bool | None = None
+    """A final LayerNorm before the head (``--no-final-layer-norm``: none; default: the preset's, or the scheme's
+    default for the Pre-LN schemes and the ``alpha_plus_ln`` form when the scheme or form changes)."""
     num_layers: int | None = None
     """Override ``num_hidden_layers``."""
     hidden_size: int | None = None
@@ -138,8 +138,9 @@ class PretrainArgs:
     """CompoundGrow schedule (``compound``, ``stack`` or stages like ``depth=1/4,ffn_share=2,pool=2@0.2;...;depth=full``):
     start small and grow depth/FFN width/sequence length during training (see ``modeling_deepln.growth``)."""
     monitor_every: int | None = None
-    """Record per-layer gradient norms, update sizes, stream norms, branch/skip ratios and position collapse every K
-    steps (``modeling_deepln.stability.LayerMonitor``: TensorBoard, ``monitor.jsonl``, ``monitor_heatmaps.png``)."""
+    """Record per-layer gradient norms, relative parameter updates ``‖ΔW‖/‖W‖``, stream norms, branch/skip ratios and
+    position collapse every K steps (``modeling_deepln.stability.LayerMonitor``: TensorBoard, ``monitor.jsonl``,
+    ``monitor_heatmaps.png``)."""
 
 
 @dataclass
@@ -154,6 +155,8 @@ class FinetuneArgs:
     """With ``preset``: override the residual-normalization scheme."""
     post_norm_form: str | None = None
     """With ``preset``: the Post-LN family's form, ``ln`` or ``alpha_plus_ln`` (default: as for ``pretrain``)."""
+    final_layer_norm: bool | None = None
+    """With ``preset``: a final LayerNorm before the head, on or off (default: as for ``pretrain``)."""
     num_layers: int | None = None
     """With ``preset``: override ``num_hidden_layers``."""
     hidden_size: int | None = None
@@ -238,8 +241,9 @@ class FinetuneArgs:
     disable_tqdm: bool = False
     """Hide the progress bar."""
     monitor_every: int | None = None
-    """Record per-layer gradient norms, update sizes, stream norms, branch/skip ratios and position collapse every K
-    steps (``modeling_deepln.stability.LayerMonitor``: TensorBoard, ``monitor.jsonl``, ``monitor_heatmaps.png``)."""
+    """Record per-layer gradient norms, relative parameter updates ``‖ΔW‖/‖W‖``, stream norms, branch/skip ratios and
+    position collapse every K steps (``modeling_deepln.stability.LayerMonitor``: TensorBoard, ``monitor.jsonl``,
+    ``monitor_heatmaps.png``)."""
 
 
 BUILTIN_PRETRAIN_DEFAULTS: dict[str, Any] = {

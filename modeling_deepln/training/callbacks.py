@@ -22,11 +22,9 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from ..errors import NonFiniteError  # also importable from here (its old home)
+
 NAN_POLICIES = ("stop", "skip")
-
-
-class NonFiniteError(RuntimeError):
-    """The loss or the gradients became NaN/inf during training (``nan_policy="stop"``)."""
 
 
 def distributed_any(flag: bool) -> bool:

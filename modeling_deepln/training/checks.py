@@ -1,6 +1,7 @@
 """Input checks shared by ``pretrain`` and ``finetune``: each raises :class:`DeepLNInputError` with what to fix.
 
-They run before any training step, so a wrong option costs seconds, not a run. :func:`input_errors_as_deepln` turns
+They run before any training step, so a wrong option costs seconds, not a run. The output folder's rules live in
+``output_dir.py``, the model config from preset and options in ``model_config.py``. :func:`input_errors_as_deepln` turns
 the errors of the data, corpus and tokenizer modules into :class:`DeepLNInputError` (the CLI prints those as
 ``deepln: error: ...`` and exits with status 2).
 """
@@ -8,18 +9,18 @@ the errors of the data, corpus and tokenizer modules into :class:`DeepLNInputErr
 from __future__ import annotations
 
 import contextlib
-import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from ..presets import available_presets, load_preset
-from .args import LR_SCHEDULES, PRECISIONS, DeepLNInputError, FinetuneArgs, PretrainArgs
-from .callbacks import last_complete_checkpoint
+from ..presets import available_presets
+from .args import PRECISIONS, DeepLNInputError
 
-PREPARED_DIR = "prepared"
-"""Sub-folder of the output folder caching the tokenizer and tokenized data (reused by ``resume``)."""
+# Their old home: these moved to the modules named for what they hold.
+from .model_config import build_config, config_overrides, model_family  # noqa: F401
+from .output_dir import PREPARED_DIR, check_output_dir, clear_output_dir, holds_model, resume_checkpoint  # noqa: F401
+from .trainer_setup import per_device, schedule_kwargs  # noqa: F401
 
 
 @contextlib.contextmanager
@@ -45,39 +46,6 @@ def check_preset(preset: str) -> None:
         )
 
 
-def holds_model(output_dir: Path) -> str | None:
-    """What in ``output_dir`` shows it already holds a model (or None)."""
-    if not output_dir.is_dir():
-        return None
-    if (output_dir / "config.json").is_file():
-        return "config.json"
-    checkpoints = sorted(p.name for p in output_dir.glob("checkpoint-*") if p.is_dir())
-    if checkpoints:
-        return checkpoints[-1]
-    return None
-
-
-def check_output_dir(output_dir: Path, overwrite: bool, resume: bool | str) -> None:
-    found = holds_model(output_dir)
-    if found and not overwrite and not resume:
-        raise DeepLNInputError(
-            f"Output directory {output_dir} already holds a model ({found}). Pass --overwrite to replace it, "
-            "--resume to continue training it, or choose another --output-dir."
-        )
-    if output_dir.exists() and not output_dir.is_dir():
-        raise DeepLNInputError(f"Output directory {output_dir} exists and is not a folder.")
-
-
-def clear_output_dir(output_dir: Path) -> None:
-    """``overwrite``: remove the previous run's checkpoints, cache and results (other files are left alone)."""
-    for path in output_dir.glob("checkpoint-*"):
-        shutil.rmtree(path, ignore_errors=True)
-    shutil.rmtree(output_dir / PREPARED_DIR, ignore_errors=True)
-    for name in ("eval_results.json", "all_results.json", "train_results.json", "trainer_state.json"):
-        (output_dir / name).unlink(missing_ok=True)
-
-
-
 def check_precision(precision: str, use_cpu: bool) -> None:
     if precision not in PRECISIONS:
         raise DeepLNInputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
@@ -93,80 +61,6 @@ def check_precision(precision: str, use_cpu: bool) -> None:
         )
 
 
-
-def schedule_kwargs(schedule: str, min_lr: float | None, lr: float) -> tuple[str, dict[str, Any]]:
-    """Trainer's ``lr_scheduler_type`` and ``lr_scheduler_kwargs`` for our schedule names."""
-    if schedule not in LR_SCHEDULES:
-        raise DeepLNInputError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}.")
-    if min_lr is not None and min_lr < 0:
-        raise DeepLNInputError(f"--min-lr must be >= 0, got {min_lr}.")
-    if min_lr is not None and min_lr > lr:
-        raise DeepLNInputError(f"--min-lr ({min_lr}) is larger than --lr ({lr}).")
-    if schedule == "constant":
-        return "constant_with_warmup", {}
-    if schedule == "cosine":
-        if min_lr:
-            return "cosine_with_min_lr", {"min_lr": float(min_lr)}
-        return "cosine", {}
-    if min_lr:  # linear decay to min_lr = polynomial decay with power 1
-        return "polynomial", {"lr_end": float(min_lr), "power": 1.0}
-    return "linear", {}
-
-
-def config_overrides(a: PretrainArgs | FinetuneArgs) -> dict[str, Any]:
-    """Model-config fields given on the command line, for :func:`build_config`.
-
-    Changing the scheme (``--residual-norm``) without ``--post-norm-form`` resets the form to the new scheme's
-    default (``post_norm_form=None``), so a preset that names a Post-LN form can still be switched to ``pre_ln``.
-    """
-    overrides: dict[str, Any] = {}
-    if a.residual_norm is not None:
-        overrides["residual_norm"] = a.residual_norm
-        overrides["post_norm_form"] = None
-    if getattr(a, "post_norm_form", None) is not None:
-        overrides["post_norm_form"] = a.post_norm_form
-    if a.num_layers is not None:
-        overrides["num_hidden_layers"] = a.num_layers
-    if a.hidden_size is not None:
-        overrides["hidden_size"] = a.hidden_size
-        overrides["intermediate_size"] = 4 * a.hidden_size
-    if getattr(a, "intermediate_size", None) is not None:
-        overrides["intermediate_size"] = a.intermediate_size
-    if a.num_heads is not None:
-        overrides["num_attention_heads"] = a.num_heads
-    if a.vocab_size is not None:
-        overrides["vocab_size"] = a.vocab_size
-    for key, value in overrides.items():
-        if isinstance(value, int) and value < 1:
-            raise DeepLNInputError(f"{key} must be a positive integer, got {value}.")
-    return overrides
-
-
-def build_config(preset: str, overrides: dict[str, Any]):
-    try:
-        return load_preset(preset, **overrides)
-    except ValueError as exc:
-        raise DeepLNInputError(str(exc)) from exc
-    except TypeError as exc:
-        raise DeepLNInputError(f"Bad model override for preset {preset!r}: {exc}") from exc
-
-
-
-def model_family(config) -> str:
-    """``"bert"`` or ``"gpt"``."""
-    return "bert" if config.model_type == "deepln_bert" else "gpt"
-
-
-def per_device(global_batch: int, world: int, name: str) -> int:
-    if global_batch < 1:
-        raise DeepLNInputError(f"{name} must be >= 1, got {global_batch}.")
-    if global_batch % world:
-        raise DeepLNInputError(
-            f"{name}={global_batch} is the global batch and must be divisible by the number of processes ({world})."
-        )
-    return global_batch // world
-
-
 def check_positive(**values: Any) -> None:
     for name, value in values.items():
         if value is not None and value <= 0:
@@ -178,18 +72,3 @@ def check_probability(**values: Any) -> None:
     for name, value in values.items():
         if value is not None and not 0.0 < value < 1.0:
             raise DeepLNInputError(f"--{name.replace('_', '-')} must be between 0 and 1 (exclusive), got {value}.")
-
-
-def resume_checkpoint(resume: bool | str, output_dir: Path, is_main: bool) -> str | None:
-    if not resume:
-        return None
-    if isinstance(resume, str) and resume.lower() not in ("true", "1", "yes", "last"):
-        path = Path(resume)
-        if not (path / "trainer_state.json").is_file():
-            raise DeepLNInputError(f"--resume {resume}: not a checkpoint folder (no trainer_state.json).")
-        return str(path)
-    checkpoint = last_complete_checkpoint(output_dir)
-    if checkpoint is None and is_main:
-        print(f"[deepln] --resume: no complete checkpoint in {output_dir}; starting from scratch.", flush=True)
-    return checkpoint
-

@@ -2,6 +2,12 @@
 
 Options are declared with ``default=argparse.SUPPRESS`` so that only options given on the command line reach the
 arguments, and unset ones fall back to the library's defaults (for ``pretrain``: the preset's recipe).
+
+Why not ``transformers.HfArgumentParser``: it cannot build a parser for these dataclasses (``data: str | list[str]``
+and ``resume: bool | str`` are unions it rejects), it would fill every unset option with the field default (the
+recipe could no longer tell "not given" from "given"), and it reads help from ``field(metadata=...)`` where these
+fields keep theirs as attribute docstrings; the flags that are not field names (``--epochs``, ``--no-progress``,
+``--no-samples``, ``--no-gradient-checkpointing``) would need aliases on top.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ __all__ = ["SUBCOMMANDS", "add_model_shape_arguments", "add_optimisation_argumen
 def add_model_shape_arguments(parser: argparse.ArgumentParser, docs: dict[str, str]) -> None:
     add_option(parser, docs, "--residual-norm", "residual_norm", metavar="SCHEME")
     add_option(parser, docs, "--post-norm-form", "post_norm_form", choices=["ln", "alpha_plus_ln"])
+    add_option(parser, docs, "--final-layer-norm", "final_layer_norm", action=argparse.BooleanOptionalAction)
     add_option(parser, docs, "--num-layers", "num_layers", type=int, metavar="N")
     add_option(parser, docs, "--hidden-size", "hidden_size", type=int, metavar="N")
     add_option(parser, docs, "--num-heads", "num_heads", type=int, metavar="N")
@@ -92,6 +99,11 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     add_option(parser, docs, "--eval-mlm-probability", "eval_mlm_probability", type=float, metavar="P")
     add_optimisation_arguments(parser, docs)
     add_option(parser, docs, "--grow", "grow", metavar="SCHEDULE")
+    parser.add_argument(
+        "--grow-lr", dest="grow_lr", choices=("restart", "continue"), default=None,
+        help="With --grow: restart the learning-rate schedule at each stage, as the CompoundGrow authors do "
+        "(restart, the default), or run one schedule through all stages (continue).",
+    )  # fmt: skip
     add_option(parser, docs, "--num-samples", "num_samples", type=int, metavar="N")
     add_option(parser, docs, "--no-samples", "num_samples", action="store_const", const=0, help="Print no samples.")
 
@@ -103,7 +115,13 @@ def run_pretrain(ns: argparse.Namespace) -> int | None:
     data = values.get("data")
     if isinstance(data, list) and len(data) == 1:
         values["data"] = data[0]
-    pretrain(PretrainArgs(**values))
+    extensions = []
+    if values.get("grow"):  # CompoundGrow joins the run as an extension (modeling_deepln.growth)
+        from ..growth import GrowthExtension
+
+        extensions.append(GrowthExtension(restart_lr_schedule=values.pop("grow_lr", None) != "continue"))
+    values.pop("grow_lr", None)
+    pretrain(PretrainArgs(**values), extensions)
     return 0
 
 

@@ -21,19 +21,9 @@ from typing import Any
 
 from .args import DeepLNInputError, FinetuneArgs
 from .callbacks import NonFiniteGuard
-from .checks import (
-    PREPARED_DIR,
-    build_config,
-    check_output_dir,
-    check_positive,
-    check_precision,
-    check_preset,
-    clear_output_dir,
-    config_overrides,
-    input_errors_as_deepln,
-    model_family,
-    resume_checkpoint,
-)
+from .checks import check_positive, check_precision, check_preset, input_errors_as_deepln
+from .model_config import build_config, config_overrides, model_family
+from .output_dir import PREPARED_DIR, check_output_dir, clear_output_dir, resume_checkpoint
 from .reporting import report_finetuning
 from .trainer_setup import (
     default_output_dir,

@@ -17,7 +17,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["classification_metrics", "perplexity"]
+__all__ = [
+    "classification_metrics",
+    "masked_unigram_perplexity",
+    "perplexity",
+    "unigram_loss",
+    "unigram_perplexity",
+    "unigram_special_ids",
+]
 
 
 def _unpack(eval_pred: Any) -> tuple[Any, Any]:
@@ -107,36 +114,57 @@ def perplexity(loss: float) -> float:
         return float("inf")
 
 
-def unigram_perplexity(train_blocks: Any, eval_blocks: Any, vocab_size: int) -> float:
-    """Perplexity of the add-one-smoothed unigram model of ``train_blocks`` on the next-token targets of
-    ``eval_blocks`` (every token but the first of each block, as a causal LM is scored).
+def unigram_loss(train_ids: Any, targets: Any, vocab_size: int, special_ids: Sequence[int] = ()) -> float:
+    """The unigram reference of a held-out loss: the cross-entropy (nats), on ``targets``, of the add-one-smoothed
+    unigram model of ``train_ids``. Every "learning / on the unigram plateau" verdict of deepln compares with it.
 
-    The reference point of a causal LM's perplexity: a model at this value has learned the token frequencies and
-    nothing of the context. Blocks are equal-length rows of token ids (arrays or lists).
+    Definition: ``p(t) = (c(t) + 1) / sum_u (c(u) + 1)``, ``c`` the training counts, sums over the vocabulary
+    **without** ``special_ids`` (they get no probability), and ``loss = mean over targets t of -log p(t)``, with
+    targets equal to ``-100`` (unscored positions) or in ``special_ids`` left out. A model at this loss has learned
+    the token frequencies and nothing of the context.
+
+    ``targets`` are exactly the tokens the compared loss scores, so model and reference see the same sample:
+
+    * causal LM: every next token of the held-out blocks (``blocks[:, 1:]``); ``special_ids`` are the tokenizer's
+      special tokens except the end-of-text token, which ends every text and is a target the model is scored on
+      (:func:`unigram_special_ids`);
+    * masked LM: the labels of the masked held-out positions (``-100`` elsewhere); ``special_ids`` are all the
+      tokenizer's special tokens, which the masking never selects. Passing every maskable token instead of one
+      masking's labels gives the expectation over masking positions.
+
+    ``train_ids`` and ``targets`` are arrays, tensors or nested lists of token ids (any shape).
     """
-    train = np.asarray(train_blocks, dtype=np.int64).reshape(-1)
-    targets = np.asarray(eval_blocks, dtype=np.int64)[:, 1:].reshape(-1)
-    counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0
-    log_probs = np.log(counts / counts.sum())
-    return perplexity(float(-log_probs[targets].mean()))
+    train = np.asarray(train_ids, dtype=np.int64).reshape(-1)
+    targets = np.asarray(targets, dtype=np.int64).reshape(-1)
+    special = np.asarray(sorted(set(special_ids)), dtype=np.int64)
+    counts = np.bincount(train[train >= 0], minlength=vocab_size).astype(np.float64) + 1.0
+    counts[special] = 0.0
+    targets = targets[(targets != -100) & ~np.isin(targets, special)]
+    if targets.size == 0:
+        raise ValueError("unigram_loss got no target to score (all are -100 or special tokens).")
+    return float(-np.log(counts[targets] / counts.sum()).mean())
+
+
+def unigram_special_ids(tokenizer: Any, family: str) -> list[int]:
+    """The ids :func:`unigram_loss` leaves out for ``family`` (``"gpt"`` or ``"bert"``): the tokenizer's special
+    tokens, except a causal LM's end-of-text token (a next-token target like any word)."""
+    special = set(tokenizer.all_special_ids)
+    if family == "gpt":
+        special.discard(tokenizer.eos_token_id)
+    return sorted(special)
+
+
+def unigram_perplexity(train_blocks: Any, eval_blocks: Any, vocab_size: int, special_ids: Sequence[int] = ()) -> float:
+    """``exp`` of :func:`unigram_loss` on the next-token targets of ``eval_blocks`` (every token but the first of
+    each block, as a causal LM is scored). Blocks are equal-length rows of token ids."""
+    targets = np.asarray(eval_blocks, dtype=np.int64)[:, 1:]
+    return perplexity(unigram_loss(train_blocks, targets, vocab_size, special_ids))
 
 
 def masked_unigram_perplexity(
-    train_blocks: Any, eval_blocks: Any, vocab_size: int, special_ids: Sequence[int] = ()
+    train_blocks: Any, targets: Any, vocab_size: int, special_ids: Sequence[int] = ()
 ) -> float:
-    """Perplexity of the add-one-smoothed unigram model of the maskable training tokens on the maskable tokens
-    of ``eval_blocks``: the reference point of a masked LM's masked-token perplexity.
-
-    The MLM collator selects positions uniformly among the tokens that are not special (``[CLS]``, ``[SEP]``,
-    padding), so the expected masked-token loss of a model that predicts the unigram distribution, whatever the
-    context, is ``mean over those eval tokens of -log p(token)`` with ``p`` estimated on the same kind of training
-    tokens (special ids get no probability mass). Blocks are equal-length rows of token ids.
-    """
-    train = np.asarray(train_blocks, dtype=np.int64).reshape(-1)
-    targets = np.asarray(eval_blocks, dtype=np.int64).reshape(-1)
-    special = np.asarray(sorted(set(special_ids)), dtype=np.int64)
-    counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0
-    counts[special] = 0.0
-    targets = targets[~np.isin(targets, special)]
-    log_probs = np.log(counts / counts.sum(), where=counts > 0, out=np.full(vocab_size, -np.inf))
-    return perplexity(float(-log_probs[targets].mean()))
+    """``exp`` of :func:`unigram_loss` for a masked LM: ``targets`` are the held-out labels (``-100`` where not
+    masked), or the held-out blocks themselves for the expectation over masking; ``special_ids`` are the
+    tokenizer's special tokens (never masked, so given no probability)."""
+    return perplexity(unigram_loss(train_blocks, targets, vocab_size, special_ids))

@@ -21,29 +21,19 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from .args import DeepLNInputError, PretrainArgs, resolve_pretrain_args
 from .callbacks import NonFiniteGuard, TimeLimitCallback
-from .checks import (
-    PREPARED_DIR,
-    build_config,
-    check_output_dir,
-    check_positive,
-    check_precision,
-    check_probability,
-    check_preset,
-    clear_output_dir,
-    config_overrides,
-    input_errors_as_deepln,
-    model_family,
-    resume_checkpoint,
-)
-from .metrics import masked_unigram_perplexity, perplexity, unigram_perplexity
+from .checks import check_positive, check_precision, check_probability, check_preset, input_errors_as_deepln
+from .metrics import masked_unigram_perplexity, perplexity, unigram_perplexity, unigram_special_ids
+from .model_config import build_config, config_overrides, model_family
+from .output_dir import PREPARED_DIR, check_output_dir, clear_output_dir, resume_checkpoint
 from .reporting import print_samples, report_pretraining
 from .trainer_setup import (
     default_output_dir,
@@ -59,6 +49,7 @@ from .trainer_setup import (
 
 __all__ = [
     "PretrainRun",
+    "RunExtension",
     "pretrain",
     "plan_pretrain",
     "prepare_lm_data",
@@ -91,10 +82,37 @@ class PretrainRun:
     trainer: Any = None
     extra_callbacks: list[Any] = field(default_factory=list)
     """Callbacks added by optional features (the per-layer monitor, growth) before the Trainer is built."""
+    card_notes: dict[str, str] = field(default_factory=dict)
+    """Lines an optional feature adds to the model card's training section (e.g. a growth run that stopped early)."""
+
+    def training_collator(self) -> Any:
+        """The collator of the training batches: BERT's masking at the training rate, or the causal-LM stacking."""
+        if self.family == "bert":
+            return MaskedLMCollator(self.tokenizer, self.args.mlm_probability)
+        return causal_lm_collator
 
 
-def pretrain(args: PretrainArgs | None = None) -> dict[str, Any]:
+class RunExtension(Protocol):
+    """An optional feature that joins :func:`pretrain` at two fixed points, without pre-training importing it
+    (CompoundGrow: ``modeling_deepln.growth.GrowthExtension``).
+
+    ``option`` names the :class:`PretrainArgs` field that switches the feature on (``"grow"``).
+    """
+
+    option: str
+
+    def after_model(self, run: PretrainRun) -> None:
+        """After :func:`build_lm_model`, before the Trainer: may replace ``run.model``, add ``run.extra_callbacks``."""
+
+    def after_training(self, run: PretrainRun) -> None:
+        """After training, before the final evaluation and saving: may change ``run.model``, add ``run.card_notes``."""
+
+
+def pretrain(args: PretrainArgs | None = None, extensions: Sequence[RunExtension] = ()) -> dict[str, Any]:
     """Pre-train a deepln model (MLM for BERT presets, CLM for GPT presets) with ``transformers.Trainer``.
+
+    ``extensions`` add optional features (:class:`RunExtension`); ``args.grow`` needs
+    ``modeling_deepln.growth.GrowthExtension()`` among them (``deepln pretrain --grow`` passes it).
 
     Saves the model folder with tokenizer, ``eval_results.json`` (``eval_loss``, ``perplexity``,
     ``eval_loss_before``, ``perplexity_before`` and, for GPT, ``perplexity_unigram``), ``train_results.json``,
@@ -109,20 +127,26 @@ def pretrain(args: PretrainArgs | None = None) -> dict[str, Any]:
         NonFiniteError: the loss/gradients went NaN/inf with ``nan_policy="stop"``.
     """
     wall_start = time.monotonic()
-    run = plan_pretrain(args or PretrainArgs())
+    args = args or PretrainArgs()
+    if args.grow and not any(getattr(extension, "option", None) == "grow" for extension in extensions):
+        raise DeepLNInputError(
+            "PretrainArgs.grow needs the growth extension: pretrain(args, extensions=[GrowthExtension()]) with "
+            "`from modeling_deepln.growth import GrowthExtension` (the deepln pretrain --grow command does this)."
+        )
+    run = plan_pretrain(args)
     if run.args.monitor_every:  # the per-layer monitor (deepln.stability), only when asked for
         from ..stability.monitor import monitor_callbacks
 
         run.extra_callbacks.extend(monitor_callbacks(run.args))
     prepare_lm_data(run)
     build_lm_model(run)
-    if run.args.grow:  # CompoundGrow: start in the stage's shape, grow during training (modeling_deepln.growth)
-        from ..growth.pretrain_growth import attach_growth
-
-        attach_growth(run)
+    for extension in extensions:
+        extension.after_model(run)
     build_lm_trainer(run)
     before = evaluate_before_training(run)
     training = train_lm(run)
+    for extension in extensions:
+        extension.after_training(run)
     metrics = evaluate_after_training(run, before)
     samples = save_and_report(run, metrics, training)
     wall_seconds = time.monotonic() - wall_start
@@ -393,11 +417,11 @@ def build_lm_trainer(run: PretrainRun):
     from transformers import Trainer
 
     a = run.args
+    collator = run.training_collator()
     if run.family == "bert":
-        collator = MaskedLMCollator(run.tokenizer, a.mlm_probability)
         eval_dataset = mask_once(run.eval_dataset, run.tokenizer, a.eval_mlm_probability, a.seed)
     else:
-        collator, eval_dataset = causal_lm_collator, run.eval_dataset
+        eval_dataset = run.eval_dataset
     run.trainer = Trainer(
         model=run.model,
         args=run.training_args,
@@ -500,7 +524,8 @@ def _resume_stream(run: PretrainRun) -> None:
 
 def evaluate_after_training(run: PretrainRun, before: dict[str, float]) -> dict[str, float]:
     """Step 5c: held-out loss and perplexity, and ``perplexity_unigram``: what a model that learned only the token
-    frequencies scores on the same targets (GPT: every next token; BERT: the maskable, i.e. non-special, tokens)."""
+    frequencies scores on the same targets (GPT: every next token; BERT: the masked held-out positions), as defined
+    by :func:`~.metrics.unigram_loss`."""
     metrics = run.trainer.evaluate()
     metrics["perplexity"] = perplexity(metrics["eval_loss"])
     metrics.update(before)
@@ -510,13 +535,13 @@ def evaluate_after_training(run: PretrainRun, before: dict[str, float]) -> dict[
         train_ids = leading_token_ids(run.train_dataset, UNIGRAM_SAMPLE_BLOCKS)
     else:
         train_ids = run.train_dataset.with_format("numpy")["input_ids"]
-    eval_ids = run.eval_dataset.with_format("numpy")["input_ids"]
+    special = unigram_special_ids(run.tokenizer, run.family)
     if run.family == "gpt":
-        metrics["perplexity_unigram"] = unigram_perplexity(train_ids, eval_ids, run.config.vocab_size)
-    else:
-        metrics["perplexity_unigram"] = masked_unigram_perplexity(
-            train_ids, eval_ids, run.config.vocab_size, run.tokenizer.all_special_ids
-        )
+        eval_ids = run.eval_dataset.with_format("numpy")["input_ids"]
+        metrics["perplexity_unigram"] = unigram_perplexity(train_ids, eval_ids, run.config.vocab_size, special)
+    else:  # the masked positions the held-out loss scores (masked once, see mask_once)
+        labels = run.trainer.eval_dataset.with_format("numpy")["labels"]
+        metrics["perplexity_unigram"] = masked_unigram_perplexity(train_ids, labels, run.config.vocab_size, special)
     metrics["eval_samples"] = len(run.eval_dataset)
     return metrics
 

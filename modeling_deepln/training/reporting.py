@@ -66,6 +66,7 @@ def report_pretraining(run: Any, metrics: dict[str, float], tokens: int) -> None
             "precision": a.precision,
             "seed": a.seed,
             "tokens": tokens,
+            **run.card_notes,
         },
     )
     print(
@@ -78,35 +79,74 @@ def report_pretraining(run: Any, metrics: dict[str, float], tokens: int) -> None
     print_benchmark_rows(run, metrics)
 
 
-def load_benchmark_rows(preset: str) -> list[dict[str, Any]]:
-    """The stored benchmark rows of a preset (``configuration/benchmarks/<preset>.json``), or ``[]``."""
+def load_benchmarks(preset: str) -> dict[str, Any]:
+    """The stored benchmark of a preset (``configuration/benchmarks/<preset>.json``: ``settings`` and ``rows``)."""
     from ..presets import PRESETS_DIR
 
     path = PRESETS_DIR / "benchmarks" / f"{Path(str(preset)).name}.json"
     if Path(str(preset)).suffix or not path.is_file():
-        return []
-    return list(json.loads(path.read_text()).get("rows", []))
+        return {}
+    return json.loads(path.read_text())
+
+
+def load_benchmark_rows(preset: str) -> list[dict[str, Any]]:
+    """The stored benchmark rows of a preset, or ``[]``."""
+    return list(load_benchmarks(preset).get("rows", []))
+
+
+_SHAPE = {"num_layers": "num_hidden_layers", "hidden_size": "hidden_size", "num_heads": "num_attention_heads",
+          "intermediate_size": "intermediate_size", "vocab_size": "vocab_size"}  # fmt: skip
+
+
+def settings_that_differ(run: Any, settings: dict[str, Any]) -> list[str]:
+    """``"name stored (this run: value)"`` for each stored setting the run does not share (model shape from the
+    run's config, every other setting from its resolved arguments)."""
+    from .args import resolve_pretrain_args
+    from .model_config import build_config, config_overrides
+
+    a, _ = resolve_pretrain_args(run.args)
+    config = getattr(run, "config", None) or build_config(a.preset, config_overrides(a))
+    differ = []
+    for name, stored in settings.items():
+        value = getattr(config, _SHAPE[name]) if name in _SHAPE else getattr(a, name)
+        if value != stored:
+            differ.append(f"--{name.replace('_', '-')} {_shown(name, stored)} (this run: {_shown(name, value)})")
+    return differ
+
+
+def _shown(name: str, value: Any) -> Any:
+    return "the embedded corpus" if name == "data" and value is None else value
 
 
 def print_benchmark_rows(run: Any, metrics: dict[str, float]) -> list[str]:
     """After a run with the preset's own scheme: how the schemes it does not use fared in the same budget, from the
-    stored benchmark rows, each with the one flag that switches to it. Returns the printed lines."""
+    stored benchmark rows, each with the one flag that switches to it. Printed only when the run's settings are the
+    stored rows' (data, model shape, vocabulary, steps, batch, ...); otherwise one line says what differs. Returns
+    the printed lines."""
     a = run.args
-    if a.residual_norm is not None or a.post_norm_form is not None:
+    if a.residual_norm is not None or a.post_norm_form is not None or a.final_layer_norm is not None:
         return []
-    lines = []
-    for row in load_benchmark_rows(a.preset):
-        unigram, loss = row.get("unigram_loss"), row.get("eval_loss")
-        versus = f" against the unigram model's {unigram:.2f}" if unigram is not None else ""
-        reached = f"reached held-out loss {loss:.2f}{versus} in" if loss is not None else "stopped after"
-        lines.append(
-            f"[deepln] stored benchmark: {row['label']} ({row['flag']}) {reached} {row['steps']} steps "
-            f"({row['outcome']}); this run: {metrics['eval_loss']:.2f}. "
-            f"Measured with `{row['command']}` ({row['machine']})."
-        )
+    stored = load_benchmarks(a.preset)
+    if not stored.get("rows"):
+        return []
+    differ = settings_that_differ(run, stored.get("settings", {}))
+    if differ:
+        lines = [f"[deepln] the stored benchmark rows of {a.preset} (how its other schemes fare) are not shown: they "
+                 f"were measured with other settings: {'; '.join(differ)}."]  # fmt: skip
+    else:
+        lines = [_benchmark_line(row, metrics) for row in stored["rows"]]
     for line in lines:
         print(line, flush=True)
     return lines
+
+
+def _benchmark_line(row: dict[str, Any], metrics: dict[str, float]) -> str:
+    unigram, loss = row.get("unigram_loss"), row.get("eval_loss")
+    versus = f" against the unigram model's {unigram:.2f}" if unigram is not None else ""
+    reached = f"reached held-out loss {loss:.2f}{versus} in" if loss is not None else "stopped after"
+    return (f"[deepln] stored benchmark: {row['label']} ({row['flag']}) {reached} {row['steps']} steps "
+            f"({row['outcome']}); this run: {metrics['eval_loss']:.2f}. "
+            f"Measured with `{row['command']}` ({row['machine']}).")  # fmt: skip
 
 
 def report_finetuning(run: Any, metrics: dict[str, float]) -> None:

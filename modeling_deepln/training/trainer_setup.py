@@ -15,9 +15,37 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from .args import OPTIMIZERS, DeepLNInputError, FinetuneArgs, PretrainArgs
+from .args import LR_SCHEDULES, OPTIMIZERS, DeepLNInputError, FinetuneArgs, PretrainArgs
 from .callbacks import NAN_POLICIES, NonFiniteGuard, TimeLimitCallback
-from .checks import per_device, schedule_kwargs
+
+
+def schedule_kwargs(schedule: str, min_lr: float | None, lr: float) -> tuple[str, dict[str, Any]]:
+    """Trainer's ``lr_scheduler_type`` and ``lr_scheduler_kwargs`` for our schedule names."""
+    if schedule not in LR_SCHEDULES:
+        raise DeepLNInputError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}.")
+    if min_lr is not None and min_lr < 0:
+        raise DeepLNInputError(f"--min-lr must be >= 0, got {min_lr}.")
+    if min_lr is not None and min_lr > lr:
+        raise DeepLNInputError(f"--min-lr ({min_lr}) is larger than --lr ({lr}).")
+    if schedule == "constant":
+        return "constant_with_warmup", {}
+    if schedule == "cosine":
+        if min_lr:
+            return "cosine_with_min_lr", {"min_lr": float(min_lr)}
+        return "cosine", {}
+    if min_lr:  # linear decay to min_lr = polynomial decay with power 1
+        return "polynomial", {"lr_end": float(min_lr), "power": 1.0}
+    return "linear", {}
+
+
+def per_device(global_batch: int, world: int, name: str) -> int:
+    if global_batch < 1:
+        raise DeepLNInputError(f"{name} must be >= 1, got {global_batch}.")
+    if global_batch % world:
+        raise DeepLNInputError(
+            f"{name}={global_batch} is the global batch and must be divisible by the number of processes ({world})."
+        )
+    return global_batch // world
 
 
 def launched_distributed() -> bool:
