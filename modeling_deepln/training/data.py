@@ -447,9 +447,8 @@ def tokenize_and_group(
        whatever the number of processes that tokenized; :mod:`.streaming` applies the
        same rule to a stream.
 
-    Memory stays bounded whatever the corpus size: both steps are batched ``map`` calls
-    that write their output to the ``datasets`` cache (Arrow files, memory-mapped), one
-    writer batch at a time; no step holds the corpus in Python objects.
+    Memory stays bounded whatever the corpus size: both steps are batched ``map`` calls writing
+    to the ``datasets`` cache (memory-mapped Arrow files); no step holds the corpus in Python.
 
     Columns out: ``input_ids``, ``attention_mask`` (all ones) and, when the tokenizer
     lists it in ``model_input_names``, ``token_type_ids`` (all zeros). Labels are made by
