@@ -115,10 +115,9 @@ def test_held_out_blocks_come_from_the_start_of_a_single_stream(tmp_path, paragr
 
 def _drain(stream: ResumableBlocks, batches: int, batch: int, read_ahead: int):
     """Read like a DataLoader that fetches ``read_ahead`` batches beyond those trained on; returns the trained ones."""
-    iterator, trained = iter(stream), []
+    iterator = iter(stream)
     fetched = [next(iterator) for _ in range((batches + read_ahead) * batch)]
-    trained = fetched[: batches * batch]
-    return trained
+    return fetched[: batches * batch]
 
 
 def test_resumable_blocks_continue_with_the_next_block(tmp_path, paragraphs, gpt_tokenizer):
