@@ -1,14 +1,15 @@
-"""The issue-11 GPU table in one run of at most ~5 minutes on an H100/H200: deepln vs transformers' own
+"""The GPU table in one run of at most ~5 minutes on an H100/H200: deepln vs transformers' own
 ``GPT2LMHeadModel`` / ``BertForMaskedLM`` of the same shapes, bf16 autocast, fused AdamW, SDPA, deepln compiled
 regionally (``torch.compile(model)`` compiles one block for all 1,000 layers), static-cache generation.
 
     python scripts/gpu_bench.py                       # on the GPU (writes gpu_bench/gpu_bench.{md,csv,png})
     python scripts/gpu_bench.py --tiny                # any machine: tiny shapes, CPU, fp32, checks it runs
 
-Rows (the issue's table): gpt-1k train 2x1024; gpt-1k train with activation checkpointing 16x1024; bert-1k
-train 32x512; gpt-1k inference 8x1024; greedy generation at batch 1 (peer: dynamic cache; deepln: static cache,
-compiled by ``generate`` itself at the ``--gen-layers`` slice, plus eager at full depth); build time. Rows that
-would start after ``--budget-s`` are skipped and listed.
+Every deepln row names its peer and its work (equal work: dense LM head; or with the fused LM head shortcut).
+Rows: gpt-1k train 2x1024 (the fraction of the bf16 matmul peak at sequence 1,024); gpt-1k train with activation
+checkpointing 16x1024; bert-1k train 32x512; gpt-1k inference 8x1024; greedy generation at batch 1 (peer: dynamic
+cache; deepln: static cache, compiled by ``generate`` itself at the ``--gen-layers`` slice, plus eager at full
+depth); build time. Rows that would start after ``--budget-s`` are skipped and listed.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from modeling_deepln.bench.measure import (
     timed_build,
     train_step_seconds,
 )
-from modeling_deepln.bench.models import contestants_for
+from modeling_deepln.bench.models import EQUAL_WORK, PEER, SHORTCUTS, contestants_for
 from modeling_deepln.bench.report import format_table, write_reports
-from modeling_deepln.bench.run import Row
+from modeling_deepln.bench.run import Row, add_ratios
 from modeling_deepln.presets import load_preset
 
 
@@ -60,24 +61,28 @@ def batch_for(config, batch: int, seq: int, device: str) -> dict[str, torch.Tens
     return {"input_ids": ids, "labels": labels}
 
 
-def pair(config, setting: Setting):
-    """(peer, deepln in the equal-work scheme compiled regionally) for a config."""
-    deepln, peer = contestants_for(config, seed_scheme=False, torchscale=False)
-    peer_model = peer.build().to(setting.device)
-    deepln_model = torch.compile(deepln.build().to(setting.device), backend=setting.compile_backend)
-    return [(peer.name, peer_model), (deepln.name + " compiled", deepln_model)]
+def pair(config, setting: Setting, works=(EQUAL_WORK,)):
+    """Yield (name, work, peer name, model): the transformers peer (eager), then deepln compiled regionally for each
+    of ``works`` (equal work, with the head shortcut), whose ratios are against that peer. One model at a time."""
+    found = contestants_for(config, seed_scheme=False, torchscale=False)
+    peer = next(c for c in found if c.work == PEER)
+    yield peer.name, PEER, None, peer.build().to(setting.device)
+    for deepln in (c for c in found if c.work in works):
+        model = torch.compile(deepln.build().to(setting.device), backend=setting.compile_backend)
+        yield deepln.name + " compiled", deepln.work, peer.name, model
 
 
-def train_rows(case, preset, batch, seq, setting, peak, checkpointing=False) -> list[Row]:
+def train_rows(case, preset, batch, seq, setting, peak, checkpointing=False, works=(EQUAL_WORK,)) -> list[Row]:
     config = config_for(preset, setting)
     data = batch_for(config, batch // setting.scale or 1, seq // setting.scale or 2, setting.device)
     tokens, rows = data["input_ids"].numel(), []
     flops = 3 * forward_flops_per_token(config, data["input_ids"].shape[1]) * tokens
-    for name, model in pair(config, setting):
+    for name, work, peer, model in pair(config, setting, works):
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         seconds = train_step_seconds(model, data, torch.device(setting.device), setting.dtype, steps=2)
-        rows.append(Row(case, "train tok/s", name, tokens / seconds, "tok/s", of_peak=flops / seconds / peak))
+        rows.append(Row(case, "train tok/s", name, tokens / seconds, "tok/s", work, peer,
+                        of_peak=flops / seconds / peak))  # fmt: skip
         print(f"  {name}: {case}: {seconds:.3f} s/step", flush=True)
         del model
     return rows
@@ -88,9 +93,10 @@ def inference_rows(case, setting, peak) -> list[Row]:
     data = batch_for(config, 8 // setting.scale or 1, 1024 // setting.scale, setting.device)
     tokens, rows = data["input_ids"].numel(), []
     flops = forward_flops_per_token(config, data["input_ids"].shape[1]) * tokens
-    for name, model in pair(config, setting):
+    for name, work, peer, model in pair(config, setting):
         seconds = inference_seconds(model, data, torch.device(setting.device), setting.dtype, steps=2)
-        rows.append(Row(case, "inference tok/s", name, tokens / seconds, "tok/s", of_peak=flops / seconds / peak))
+        rows.append(Row(case, "inference tok/s", name, tokens / seconds, "tok/s", work, peer,
+                        of_peak=flops / seconds / peak))  # fmt: skip
         del model
     return rows
 
@@ -100,7 +106,7 @@ def generation_rows(setting) -> list[Row]:
     for layers, compiled in ((None, False), (setting.gen_layers, True)):
         config = config_for("gpt-1k", setting, layers)
         case = f"gpt-1k shape, {config.num_hidden_layers} layers, greedy batch 1"
-        deepln, peer = contestants_for(config, seed_scheme=False, torchscale=False)
+        deepln, _, peer = contestants_for(config, seed_scheme=False, torchscale=False)
         prompt = torch.randint(0, config.vocab_size, (1, 16), device=setting.device)
         for contestant, options in ((peer, {}), (deepln, {"cache_implementation": "static"})):
             model = contestant.build().to(setting.device)
@@ -111,8 +117,9 @@ def generation_rows(setting) -> list[Row]:
             speed, _ = generation_tokens_per_second(
                 model, prompt, setting.new_tokens, torch.device(setting.device), setting.dtype, **options
             )
-            label = contestant.name + (" static cache" if options else "") + (" compiled" if compiled and options else "")
-            rows.append(Row(case, "greedy generate tok/s", label, speed, "tok/s"))
+            label = contestant.name + (" static cache" if options else "")
+            label += " compiled" if compiled and options else ""
+            rows.append(Row(case, "greedy generate tok/s", label, speed, "tok/s", contestant.work, contestant.peer))
             print(f"  {label}: {case}: {speed:.2f} tok/s", flush=True)
             del model
     return rows
@@ -121,10 +128,10 @@ def generation_rows(setting) -> list[Row]:
 def build_rows(setting) -> list[Row]:
     config = config_for("gpt-1k", setting)
     rows = []
-    for contestant in contestants_for(config, torchscale=False)[1:]:
+    for contestant in contestants_for(config, torchscale=False)[2:]:  # the preset's own scheme, the peer
         model, seconds, _ = timed_build(contestant.build, torch.device(setting.device))
         rows.append(Row(f"build gpt-1k ({config.num_hidden_layers} layers) on {setting.device}", "build s",
-                        contestant.name, seconds, "s"))  # fmt: skip
+                        contestant.name, seconds, "s", contestant.work, contestant.peer))  # fmt: skip
         del model
     return rows
 
@@ -135,7 +142,8 @@ def main() -> None:
     parser.add_argument("--gen-layers", type=int, default=48, help="depth of the compiled static-cache row")
     parser.add_argument("--budget-s", type=float, default=270.0, help="start no new row after this many seconds")
     parser.add_argument("--output-dir", default="gpu_bench")
-    parser.add_argument("--only", default="", help="comma-separated row keys: train,ckpt,bert,inference,generation,build")
+    parser.add_argument("--only", default="", help="comma-separated row keys: "
+                        "train,ckpt,bert,inference,generation,build")  # fmt: skip
     args = parser.parse_args()
     if args.tiny:
         setting = Setting("cpu", torch.float32, 2, 3, 64, "eager", 512, 3)
@@ -147,7 +155,8 @@ def main() -> None:
     peak = matmul_peak_flops(torch.device(setting.device), setting.dtype, size=256 if args.tiny else 8192)
     print(f"matmul peak {peak / 1e12:.3f} TFLOP/s ({setting.dtype}, {setting.device})", flush=True)
     steps = [
-        ("train", lambda: train_rows("gpt-1k train 2x1024", "gpt-1k", 2, 1024, setting, peak)),
+        ("train", lambda: train_rows("gpt-1k train 2x1024", "gpt-1k", 2, 1024, setting, peak,
+                                     works=(EQUAL_WORK, SHORTCUTS))),
         ("ckpt", lambda: train_rows("gpt-1k train, activation checkpointing, 16x1024",
                                                          "gpt-1k", 16, 1024, setting, peak, checkpointing=True)),
         ("bert", lambda: train_rows("bert-1k train 32x512", "bert-1k", 32, 512, setting, peak)),
@@ -166,11 +175,7 @@ def main() -> None:
         print(f"{name} ...", flush=True)
         rows += step()
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    peers = {(r.case, r.metric): r.value for r in rows if not r.contestant.startswith("deepln")}
-    for r in rows:
-        if r.contestant.startswith("deepln") and peers.get((r.case, r.metric)):
-            base = peers[(r.case, r.metric)]
-            r.ratio = base / r.value if r.unit == "s" else r.value / base
+    add_ratios(rows)
     print(format_table(rows))
     facts = {"device": torch.cuda.get_device_name() if setting.device == "cuda" else "cpu (--tiny)",
              "cpus": __import__("os").cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -128,8 +128,9 @@ def test_torch_compile_reuses_one_block_graph_and_equals_eager():
     compiled_model = torch.compile(model, backend="aot_eager")
     compiled = compiled_model(ids, labels=ids).loss
     compiled.backward()
-    # embeddings + mask, one block (shared by all 3 layers), head + loss: the count does not grow with depth
-    assert counters["stats"]["unique_graphs"] == 3
+    # embeddings + mask, one block (shared by all 3 layers), head + loss, and one graph around the layer loop's
+    # call (4 at 1 and at 6 layers alike); a graph per layer would make >= 5 here
+    assert counters["stats"]["unique_graphs"] <= 4
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=0)
     torch.testing.assert_close(model.transformer.layers[2].attention.q_proj.weight.grad, eager_grad, rtol=1e-5,
                                atol=1e-5 * float(eager_grad.abs().max()))  # fmt: skip
@@ -160,7 +161,7 @@ def test_trainer_torch_compile_trains_with_regional_compilation(tmp_path):
     counters = _compile_counters()
     result = Trainer(model=model, args=args, train_dataset=data).train()
     assert torch.isfinite(torch.tensor(result.training_loss))
-    assert counters["stats"]["unique_graphs"] == 3
+    assert counters["stats"]["unique_graphs"] <= 4  # as in the test above; one per layer would be >= 6
 
 
 def test_static_cache_generation_equals_dynamic_with_and_without_compile():
@@ -233,15 +234,14 @@ def test_gpu_script_runs_on_cpu_with_a_tiny_shape(tmp_path):
     assert "static cache" in result.stdout
 
 
-def test_fused_qkv_equals_separate_projections_and_yields_to_hooks(monkeypatch):
-    from modeling_deepln.model.layers_deepln import DeepLNAttention
-
+def test_fused_qkv_equals_separate_projections_and_yields_to_hooks():
     torch.manual_seed(0)
     model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=2))
+    assert model.config.fuse_qkv is True  # on by default: the same function and parameters
     ids = torch.randint(0, 97, (2, 9))
     results = []
     for fused in (False, True):
-        monkeypatch.setattr(DeepLNAttention, "fuse_qkv", fused)
+        model.config.fuse_qkv = fused
         loss = model(ids, labels=ids).loss
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
@@ -266,3 +266,113 @@ def test_pretrain_compile_flag_reaches_training_arguments(tmp_path):
     assert training_arguments(resolved, output_dir=str(tmp_path), world=1).torch_compile is True
     plain, _ = resolve_pretrain_args(PretrainArgs(preset="gpt-deep-small"))
     assert training_arguments(plain, output_dir=str(tmp_path), world=1).torch_compile is False
+
+
+def test_fast_path_switches_are_saved_config_fields_and_old_configs_load(tmp_path):
+    """``fuse_qkv``, ``fused_lm_loss`` and ``sparse_mlm_loss`` live in the config: saved, reloaded, carried into a
+    model built from the config; a config.json written before the fields existed loads with the defaults."""
+    from modeling_deepln import DeepLNBertConfig, DeepLNGPTConfig
+
+    model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=1, fused_lm_loss=True, fuse_qkv=False))
+    assert model.fused_lm_loss is True  # the model attribute reads the config
+    model.save_pretrained(tmp_path / "gpt")
+    again = DeepLNGPTForCausalLM.from_pretrained(tmp_path / "gpt")
+    assert again.config.fused_lm_loss is True and again.config.fuse_qkv is False
+    ids = torch.randint(0, 97, (2, 5))
+    assert again.train()(ids, labels=ids).logits is None
+    model.fused_lm_loss = False  # the old attribute spelling sets the config field
+    assert model.config.fused_lm_loss is False
+    old = {k: v for k, v in again.config.to_dict().items() if k not in ("fused_lm_loss", "fuse_qkv")}
+    loaded = DeepLNGPTConfig.from_dict(old)
+    assert loaded.fused_lm_loss is False and loaded.fuse_qkv is True
+    bert = DeepLNBertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, sparse_mlm_loss=True)
+    assert DeepLNBertConfig.from_dict(bert.to_dict()).sparse_mlm_loss is True
+    with pytest.raises(ValueError, match="fuse_qkv must be True or False"):
+        DeepLNBertConfig(fuse_qkv="yes")
+
+
+def test_pretrain_model_turns_on_the_training_fast_paths_in_its_config():
+    from types import SimpleNamespace
+
+    from modeling_deepln.training.pretraining import build_lm_model
+
+    tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=1, bos_token_id=1, cls_token_id=2, sep_token_id=3)
+    for family, config, field in (
+        ("gpt", tiny_gpt_config(layers=1), "fused_lm_loss"),
+        ("bert", load_preset("bert-1k", num_hidden_layers=1, vocab_size=97), "sparse_mlm_loss"),
+    ):
+        run = SimpleNamespace(config=config, tokenizer=tokenizer, family=family, args=SimpleNamespace(seed=0))
+        model = build_lm_model(run)
+        assert getattr(model.config, field) is True and model.config.fuse_qkv is True
+
+
+def test_pretrain_optimizer_is_fused_adamw_and_updates_like_foreach_adamw(tmp_path):
+    from modeling_deepln.training.args import PretrainArgs, resolve_pretrain_args
+    from modeling_deepln.training.trainer_setup import training_arguments
+
+    resolved, _ = resolve_pretrain_args(PretrainArgs(preset="gpt-deep-small"))
+    assert training_arguments(resolved, output_dir=str(tmp_path), world=1).optim == "adamw_torch_fused"
+    torch.manual_seed(0)
+    model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=2))
+    ids = torch.randint(0, 97, (2, 9))
+    plain = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    fused = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    optimizers = [torch.optim.AdamW(plain, lr=1e-2, foreach=True), torch.optim.AdamW(fused, lr=1e-2, fused=True)]
+    for _ in range(3):
+        model.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        for params, optimizer in zip((plain, fused), optimizers):
+            for param, source in zip(params, model.parameters()):
+                param.grad = source.grad.clone()
+            optimizer.step()
+    for got, want in zip(fused, plain):  # the same update up to float32 rounding of ~10 operations per element
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert"])
+def test_flex_attention_equals_sdpa_with_padding(family, monkeypatch):
+    """``attn_implementation="flex_attention"`` (transformers' BlockMask from ``masking_utils``) gives the SDPA
+    logits of a left-padded batch. transformers' ``torch.compile`` of flex attention is bypassed so it runs its
+    reference implementation in seconds (the compiled kernel computes the same function; compiling it takes
+    minutes on a loaded CPU)."""
+    from torch.nn.attention.flex_attention import flex_attention
+    from transformers.integrations.flex_attention import WrappedFlexAttention
+
+    monkeypatch.setattr(WrappedFlexAttention, "__call__", lambda self: flex_attention)
+    torch.manual_seed(0)
+    if family == "gpt":
+        model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=2, pad_token_id=0))
+    else:
+        shape = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_attention_heads=2)
+        model = DeepLNBertForMaskedLM(load_preset("bert-1k", num_hidden_layers=2, **shape))
+    model.eval()
+    ids = torch.randint(1, 97, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    with torch.no_grad():
+        sdpa = model(ids, attention_mask=mask).logits
+        model.set_attn_implementation("flex_attention")
+        flex = model(ids, attention_mask=mask).logits
+    assert model.config._attn_implementation == "flex_attention"
+    kept = mask.bool()  # padded query rows are not defined by either backend
+    torch.testing.assert_close(flex[kept], sdpa[kept], rtol=1e-5, atol=1e-5)
+
+
+def test_model_compile_with_the_training_fast_paths_equals_eager():
+    """``model.compile()`` (what ``TrainingArguments(torch_compile=True)`` and ``deepln pretrain --compile`` do)
+    with ``deepln pretrain``'s fast paths on: the eager loss and gradients, one graph for all blocks."""
+    torch.manual_seed(0)
+    model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=3, fused_lm_loss=True)).train()
+    ids = torch.randint(0, 97, (2, 9))
+    eager = model(ids, labels=ids).loss
+    eager.backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    counters = _compile_counters()
+    model.compile(backend="aot_eager")
+    compiled = model(ids, labels=ids).loss
+    compiled.backward()
+    assert counters["stats"]["unique_graphs"] <= 4  # not one per layer
+    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
+    for got, want in zip((p.grad for p in model.parameters()), eager_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -481,40 +480,6 @@ def test_resume_after_sigkill_reproduces_loss_curve(tmp_path, text_file):
     for step in range(1, 25):
         assert got[step] == pytest.approx(expected[step], abs=1e-6, rel=1e-6), step
     assert _eval_results(killed)["eval_loss"] == pytest.approx(_eval_results(reference)["eval_loss"], rel=1e-6)
-
-
-# ----------------------------------------------------------------------------------------------- 2 processes
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_process_accelerate_matches_one_process(tmp_path, text_file):
-    common = ["pretrain", *TINY, "--data", str(text_file), "--max-steps", "6", "--save-steps", "100",
-              "--logging-steps", "1", "--eval-steps", "0", "--no-samples", "--lr", "3e-3"]  # fmt: skip
-    single = tmp_path / "one"
-    main([*common, "--output-dir", str(single)])
-
-    double = tmp_path / "two"
-    accelerate = Path(sys.executable).with_name("accelerate")
-    launcher = [str(accelerate), "launch"] if accelerate.exists() else [sys.executable, "-m", "accelerate.commands.launch"]
-    cmd = [*launcher, "--config_file", str(REPO / "configuration" / "accelerate" / "cpu-2proc.yaml"),
-           "--main_process_port", str(_free_port()), "-m", "modeling_deepln.cli",
-           *common, "--output-dir", str(double)]  # fmt: skip
-    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "over 2 process(es)" in result.stdout, result.stdout[-2000:]
-
-    one, two = _eval_results(single), _eval_results(double)
-    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-4)
-    assert two["eval_loss_before"] == pytest.approx(one["eval_loss_before"], rel=1e-4)
-    losses_one, losses_two = _losses(single / "trainer_state.json"), _losses(double / "trainer_state.json")
-    assert sorted(losses_one) == sorted(losses_two) == list(range(1, 7))
-    for step in losses_one:
-        assert losses_two[step] == pytest.approx(losses_one[step], rel=1e-4), step
 
 
 def test_nan_guard_blames_the_layer_where_a_backward_blow_up_starts():

@@ -31,8 +31,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated, from {', '.join(CASES)} (gpt1k: minutes on a CPU)")  # fmt: skip
     parser.add_argument("--no-seed-schemes", dest="seed_schemes", action="store_false",
                         help="only the equal-work schemes (pre_ln / post_ln), not foundation_ln / upscale_ln")  # fmt: skip
-    parser.add_argument("--compile", action="store_true", help="also torch.compile'd contestants")
-    parser.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of a training step")
+    parser.add_argument("--compile", action="store_true",
+                        help="also torch.compile'd deepln and the compiled transformers peer (with compile time)")  # fmt: skip
+    parser.add_argument("--profile", action="store_true",
+                        help="print a training step's time per layer: matmul / attention / elementwise / optimizer")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny shapes (seconds): checks the benchmark runs")
     parser.add_argument("--output-dir", default="bench", help="where bench.csv, bench.md and bench.png go")
 

@@ -191,17 +191,3 @@ def generation_tokens_per_second(
 
     seconds = _median_seconds(step, device, steps=2)
     return prompt.shape[0] * new_tokens / seconds, output[0]
-
-
-def profile_train_step(
-    model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype, rows: int = 12
-) -> str:
-    """torch.profiler's table of the top ``rows`` ops (by self time) of one training step after a warm-up."""
-    from torch.profiler import ProfilerActivity, profile
-
-    train_step_seconds(model, batch, device, dtype, steps=0)  # warm-up (one step)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        train_step_seconds(model, batch, device, dtype, steps=0)
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=40)

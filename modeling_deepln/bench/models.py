@@ -33,14 +33,26 @@ EQUAL_WORK_SCHEME = {"deepln_gpt": "pre_ln", "deepln_bert": "post_ln"}
 """The deepln scheme doing exactly the work of the transformers peer (GPT-2 is Pre-LN, BERT Post-LN)."""
 
 
+EQUAL_WORK, SHORTCUTS, OWN_SCHEME, PEER = "equal work", "deepln shortcuts", "own scheme + shortcuts", "peer"
+"""How a row's work compares with its peer's: the same operations (dense LM head); deepln-only shortcuts that skip
+work the peer does (the fused LM head + loss, the masked-positions-only MLM head); the preset's own residual
+scheme with those shortcuts; or the peer itself."""
+
+SHORTCUT_NAMES = {"deepln_gpt": "fused LM head", "deepln_bert": "sparse MLM head"}
+
+
 @dataclass
 class Contestant:
-    """One model in a benchmark row: ``name``, how to build it, and what it can do."""
+    """One model in a benchmark row: ``name``, how to build it, what it can do, the kind of ``work`` it does
+    (:data:`EQUAL_WORK`, :data:`SHORTCUTS`, :data:`OWN_SCHEME` or :data:`PEER`) and the ``peer`` (a contestant's
+    name) that its ratios are computed against (``None`` for a peer)."""
 
     name: str
     build: Callable[[], nn.Module]
     is_deepln: bool
     can_generate: bool
+    work: str = PEER
+    peer: str | None = None
 
 
 def torchscale_available() -> bool:
@@ -71,7 +83,7 @@ def peer_config(config: DeepLNGPTConfig | DeepLNBertConfig) -> GPT2Config | Bert
     )  # fmt: skip
 
 
-def _deepln(config: Any, scheme: str) -> Contestant:
+def _deepln(config: Any, scheme: str, shortcuts: bool, peer: str) -> Contestant:
     cls = DeepLNGPTForCausalLM if config.model_type == "deepln_gpt" else DeepLNBertForMaskedLM
     # another scheme gets its plain form: the peers' equal-work schemes are plain pre_ln / post_ln
     form = config.post_norm_form if scheme == config.residual_norm else "ln"
@@ -79,13 +91,17 @@ def _deepln(config: Any, scheme: str) -> Contestant:
     if scheme != config.residual_norm:
         fields["final_layer_norm"] = None  # the other scheme's own default
     scheme_config = type(config).from_dict(fields)
-    def build():
+
+    def build() -> nn.Module:
         model = cls(scheme_config)
-        if cls is DeepLNGPTForCausalLM:
-            model.fused_lm_loss = True  # the fast training path deepln pretrain uses
+        # the head shortcut on or off explicitly, whatever the default (the path deepln pretrain uses when on)
+        setattr(model, "fused_lm_loss" if cls is DeepLNGPTForCausalLM else "sparse_mlm_loss", shortcuts)
         return model
 
-    return Contestant(f"deepln {scheme}", build, True, cls is DeepLNGPTForCausalLM)
+    equal = scheme == EQUAL_WORK_SCHEME[config.model_type]
+    work = (SHORTCUTS if equal else OWN_SCHEME) if shortcuts else EQUAL_WORK
+    name = f"deepln {scheme}" + (f" + {SHORTCUT_NAMES[config.model_type]}" if shortcuts else "")
+    return Contestant(name, build, True, cls is DeepLNGPTForCausalLM, work, peer)
 
 
 def _peer(config: Any) -> Contestant:
@@ -141,12 +157,16 @@ class TorchscaleLM(nn.Module):
 
 
 def contestants_for(config: Any, seed_scheme: bool = True, torchscale: bool = True) -> list[Contestant]:
-    """The contestants of one shape: deepln (equal work, then the config's own scheme), the transformers peer,
-    and torchscale DeepNorm when installed."""
+    """The contestants of one shape, each naming the transformers peer its ratios are against: deepln at equal
+    work (the peer's scheme, dense head), the same with the head shortcut, the config's own scheme with the
+    shortcut (``seed_scheme``), the transformers peer, and torchscale DeepNorm when installed."""
     equal = EQUAL_WORK_SCHEME[config.model_type]
-    found = [_deepln(config, equal), _peer(config)]
+    peer = _peer(config)
+    found = [_deepln(config, equal, False, peer.name), _deepln(config, equal, True, peer.name)]
     if seed_scheme and config.residual_norm != equal:
-        found.insert(1, _deepln(config, config.residual_norm))
+        found.append(_deepln(config, config.residual_norm, True, peer.name))
+    found.append(peer)
     if torchscale and torchscale_available():
-        found.append(Contestant("torchscale deepnorm", lambda: TorchscaleLM(config), False, False))
+        found.append(Contestant("torchscale deepnorm", lambda: TorchscaleLM(config), False, False, EQUAL_WORK,
+                                peer.name))  # fmt: skip
     return found

@@ -10,22 +10,25 @@ from .run import Row
 
 __all__ = ["format_table", "write_reports"]
 
-COLUMNS = ("case", "metric", "contestant", "value", "unit", "vs peer", "of matmul peak")
+COLUMNS = ("case", "metric", "contestant", "work", "value", "unit", "ratio", "vs (named peer)", "of matmul peak")
+TEXT_COLUMNS = 4  # left-aligned; the rest right-aligned
 
 
 def _cells(row: Row) -> list[str]:
     value = f"{row.value:,.3g}" if row.value < 100 else f"{row.value:,.0f}"
-    ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ("peer" if not row.contestant.startswith("deepln") else "")
+    ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
     of_peak = f"{100 * row.of_peak:.1f} %" if row.of_peak is not None else ""
-    return [row.case, row.metric, row.contestant, value, row.unit, ratio, of_peak]
+    return [row.case, row.metric, row.contestant, row.work, value, row.unit, ratio, row.peer or "", of_peak]
 
 
 def format_table(rows: list[Row]) -> str:
     """A fixed-width text table of the rows (one line per measurement)."""
     table = [list(COLUMNS)] + [_cells(r) for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
-             for line in table]  # fmt: skip
+    def align(i: int, cell: str) -> str:
+        return cell.ljust(widths[i]) if i < TEXT_COLUMNS else cell.rjust(widths[i])
+
+    lines = ["  ".join(align(i, cell) for i, cell in enumerate(line)) for line in table]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 
@@ -41,7 +44,7 @@ def markdown_table(rows: list[Row], facts: dict[str, Any]) -> str:
 
 
 def plot_ratios(rows: list[Row], path: Path) -> Path | None:
-    """Horizontal bars of each deepln row's ratio to the peer (1 = as fast as transformers)."""
+    """Horizontal bars of each row's ratio to its named peer (1 = as fast as the peer)."""
     rated = [r for r in rows if r.ratio is not None]
     if not rated:
         return None
@@ -50,14 +53,14 @@ def plot_ratios(rows: list[Row], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.case} | {r.metric} | {r.contestant}" for r in rated]
+    labels = [f"{r.case} | {r.metric} | {r.contestant} ({r.work}) vs {r.peer}" for r in rated]
     fig, ax = plt.subplots(figsize=(10, 0.32 * len(rated) + 1.2))
     colors = ["tab:green" if r.ratio >= 1 else "tab:red" for r in rated]
     ax.barh(range(len(rated)), [r.ratio for r in rated], color=colors)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(rated)), labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("times better than the transformers peer (same run)")
+    ax.set_xlabel("times better than the named peer (same run)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -70,9 +73,10 @@ def write_reports(rows: list[Row], facts: dict[str, Any], output_dir: str | Path
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "bench.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["case", "metric", "contestant", "value", "unit", "ratio_vs_peer", "fraction_of_matmul_peak"])
+        writer.writerow(["case", "metric", "contestant", "work", "value", "unit", "ratio", "peer",
+                         "fraction_of_matmul_peak"])  # fmt: skip
         for r in rows:
-            writer.writerow([r.case, r.metric, r.contestant, r.value, r.unit, r.ratio, r.of_peak])
+            writer.writerow([r.case, r.metric, r.contestant, r.work, r.value, r.unit, r.ratio, r.peer, r.of_peak])
     (out / "bench.md").write_text(markdown_table(rows, facts))
     written = [out / "bench.csv", out / "bench.md"]
     png = plot_ratios(rows, out / "bench.png")

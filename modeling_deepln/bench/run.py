@@ -8,12 +8,15 @@ Cases (``BenchOptions.cases``):
   (deepln also with ``cache_implementation="static"``).
 * ``gpt1k``: one gpt-1k training step with activation checkpointing (deepln only: minutes on a CPU).
 
-Each row holds the contestant's value and its ratio to the transformers peer measured in the same run.
+Each row holds the contestant's value, the kind of work it does (equal work, deepln-only shortcuts, own scheme)
+and its ratio to the peer it names (``Row.peer``: ``GPT2LMHeadModel``, ``BertForMaskedLM`` or, under
+``--compile``, the compiled peer), measured in the same run.
 """
 
 from __future__ import annotations
 
 import gc
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -25,15 +28,17 @@ from .measure import (
     generation_tokens_per_second,
     inference_seconds,
     matmul_peak_flops,
-    profile_train_step,
     timed_build,
     train_step_seconds,
 )
-from .models import Contestant, contestants_for
+from .models import EQUAL_WORK, OWN_SCHEME, PEER, SHORTCUTS, Contestant, contestants_for
+from .profile import profile_by_class
 
 __all__ = ["BenchOptions", "Row", "run_bench", "CASES"]
 
 CASES = ("build", "bert", "gpt", "gpt1k")
+PEAK_SIZE = {"cpu": 2048, "cuda": 8192}
+"""Side of the square matmul whose speed is the machine's peak (large enough for the BLAS to reach its best)."""
 
 
 @dataclass
@@ -75,15 +80,18 @@ class BenchOptions:
 
 @dataclass
 class Row:
-    """One measurement: ``value`` (``unit``) of ``contestant`` on ``case``/``metric``; ``ratio`` = how many times
-    better than the transformers peer (speed: value/peer; time and memory: peer/value); ``of_peak`` = achieved
-    FLOP/s / measured matmul peak."""
+    """One measurement: ``value`` (``unit``) of ``contestant`` on ``case``/``metric``; ``work`` = equal work,
+    deepln shortcuts, own scheme or peer; ``ratio`` = how many times better than the named ``peer``'s row of the
+    same case and metric (speed: value/peer; time and memory: peer/value); ``of_peak`` = achieved FLOP/s /
+    measured matmul peak."""
 
     case: str
     metric: str
     contestant: str
     value: float
     unit: str
+    work: str = PEER
+    peer: str | None = None
     ratio: float | None = None
     of_peak: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -112,12 +120,14 @@ def _free() -> None:
         torch.cuda.empty_cache()
 
 
-def _add_ratios(rows: list[Row], peer_name: str, higher_is_better: bool) -> None:
-    peers = {(r.case, r.metric): r.value for r in rows if r.contestant == peer_name}
+def add_ratios(rows: list[Row]) -> None:
+    """Set each row's ``ratio`` against the row of its named ``peer`` (same case and metric); rows whose peer was
+    not measured keep ``None``. Higher is better for speeds, lower for seconds and memory."""
+    values = {(r.case, r.metric, r.contestant): r.value for r in rows}
     for row in rows:
-        peer = peers.get((row.case, row.metric))
-        if peer and row.value and row.contestant != peer_name:
-            row.ratio = row.value / peer if higher_is_better else peer / row.value
+        peer = values.get((row.case, row.metric, row.peer)) if row.peer else None
+        if peer and row.value:
+            row.ratio = peer / row.value if row.unit in ("s", "x") else row.value / peer
 
 
 def _build_in_fresh_process(preset: str, contestant_name: str, options_dict: dict[str, Any]) -> tuple[float, int, int]:
@@ -126,10 +136,18 @@ def _build_in_fresh_process(preset: str, contestant_name: str, options_dict: dic
     torch.set_num_threads(options_dict.pop("threads"))
     options = BenchOptions(**options_dict, log=lambda _: None)
     config = _config(preset, options, options.full_layers)
-    contestant = next(c for c in contestants_for(config) if c.name == contestant_name)
+    contestant = next(c for c in _build_contestants(config) if c.name == contestant_name)
     model, seconds, peak = timed_build(contestant.build, options.torch_device)
     weights = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
     return seconds, peak, weights
+
+
+def _build_contestants(config: Any) -> list[Contestant]:
+    """The preset as shipped (its own scheme; the head shortcuts do not change a build) and its peer."""
+    contestants = contestants_for(config, torchscale=False)
+    own = next(c for c in contestants if c.work in (OWN_SCHEME, SHORTCUTS) and config.residual_norm in c.name)
+    peer = next(c for c in contestants if c.work == PEER)
+    return [Contestant(f"deepln {config.residual_norm}", own.build, True, False, OWN_SCHEME, peer.name), peer]
 
 
 def bench_build(options: BenchOptions) -> list[Row]:
@@ -144,15 +162,15 @@ def bench_build(options: BenchOptions) -> list[Row]:
         for preset in ("bert-1k", "gpt-1k"):
             config = _config(preset, options, options.full_layers)
             case = f"{preset} ({config.num_hidden_layers} layers)"
-            for contestant in contestants_for(config)[1:]:  # the preset's own scheme, then the peers
+            for contestant in _build_contestants(config):
                 seconds, peak, weights = pool.apply(_build_in_fresh_process, (preset, contestant.name, dict(fields)))
                 options.log(f"  built {contestant.name} ({case}): {seconds:.2f} s, peak {peak / 2**20:,.0f} MiB "
                             f"for {weights / 2**20:,.0f} MiB of weights")  # fmt: skip
-                rows.append(Row(case, "build s", contestant.name, seconds, "s"))
-                rows.append(Row(case, "build peak / weights", contestant.name, peak / weights, "x",
+                labels = {"work": contestant.work, "peer": contestant.peer}
+                rows.append(Row(case, "build s", contestant.name, seconds, "s", **labels))
+                rows.append(Row(case, "build peak / weights", contestant.name, peak / weights, "x", **labels,
                                 extra={"weights_MiB": weights / 2**20}))  # fmt: skip
-    for name in {r.contestant for r in rows if not r.contestant.startswith("deepln")}:
-        _add_ratios(rows, name, higher_is_better=False)
+    add_ratios(rows)
     return rows
 
 
@@ -160,13 +178,29 @@ def _throughput_rows(
     case: str, contestant: Contestant, model: Any, config: Any, batch: dict[str, torch.Tensor],
     options: BenchOptions, peak: float,
 ) -> list[Row]:  # fmt: skip
+    """Training (and, unless the contestant only adds a training shortcut, inference) throughput; for a compiled
+    contestant also the compile time (its first step minus a steady one)."""
     tokens = batch["input_ids"].numel()
     flops = forward_flops_per_token(config, options.seq_len) * tokens
-    rows = []
-    train = train_step_seconds(model, batch, options.torch_device, options.torch_dtype, options.steps)
-    rows.append(Row(case, "train tok/s", contestant.name, tokens / train, "tok/s", of_peak=3 * flops / train / peak))
-    infer = inference_seconds(model, batch, options.torch_device, options.torch_dtype, options.steps)
-    rows.append(Row(case, "inference tok/s", contestant.name, tokens / infer, "tok/s", of_peak=flops / infer / peak))
+    device, dtype = options.torch_device, options.torch_dtype
+    labels = {"work": contestant.work, "peer": contestant.peer}
+    compiled = "compile" in contestant.name
+    if compiled:  # time the first step, which compiles
+        first = time.perf_counter()
+        train_step_seconds(model, batch, device, dtype, steps=0)
+        first = time.perf_counter() - first
+    train = train_step_seconds(model, batch, device, dtype, options.steps)
+    rows = [Row(case, "train tok/s", contestant.name, tokens / train, "tok/s", **labels,
+                of_peak=3 * flops / train / peak)]  # fmt: skip
+    if compiled:
+        rows.append(Row(case, "compile s (first step - steady step)", contestant.name, max(first - train, 0.0), "s",
+                        **labels))  # fmt: skip
+    if contestant.work == SHORTCUTS:  # the shortcut changes the training loss only
+        options.log(f"  {contestant.name} ({case}): train {train:.3f} s/step")
+        return rows
+    infer = inference_seconds(model, batch, device, dtype, options.steps)
+    rows.append(Row(case, "inference tok/s", contestant.name, tokens / infer, "tok/s", **labels,
+                    of_peak=flops / infer / peak))  # fmt: skip
     options.log(f"  {contestant.name} ({case}): train {train:.3f} s/step, inference {infer:.3f} s/batch")
     return rows
 
@@ -182,51 +216,64 @@ def _generation_rows(case: str, contestant: Contestant, model: Any, config: Any,
             model, prompt, options.new_tokens, options.torch_device, options.torch_dtype, **extra
         )
         label = contestant.name + ("" if implementation == "dynamic" else " static cache")
-        rows.append(Row(case, "greedy generate tok/s (batch 1)", label, speed, "tok/s",
-                        extra={"tokens": ids[0, options.prompt_len:].tolist()}))  # fmt: skip
+        rows.append(Row(case, "greedy generate tok/s (batch 1)", label, speed, "tok/s", contestant.work,
+                        contestant.peer, extra={"tokens": ids[0, options.prompt_len:].tolist()}))  # fmt: skip
         options.log(f"  {label} ({case}): generation {speed:.1f} tok/s")
     return rows
 
 
-def _compiled(contestant: Contestant) -> Contestant:
-    """The contestant under ``torch.compile``: deepln as users call it (``torch.compile(model)``, which compiles
-    one block and reuses it for every layer), the peer with Accelerate's regional compilation (whole-model
-    compilation of a deep peer takes minutes)."""
+REGIONAL_PEER_LAYERS = 100
+"""Above this depth the peer is compiled with Accelerate's ``compile_regions`` (one block, reused), as a whole-model
+``torch.compile`` of a 1,000-layer peer takes many minutes."""
+
+
+def _compiled(contestant: Contestant, layers: int) -> Contestant:
+    """The contestant under ``torch.compile``, named for what was compiled. deepln as users call it
+    (``torch.compile(model)``, which compiles one block and reuses it for every layer); the transformers peer as
+    a user tries first, ``torch.compile(model)``, or regionally above :data:`REGIONAL_PEER_LAYERS` layers. A
+    compiled deepln row's peer is the compiled peer."""
+    regional = not contestant.is_deepln and layers > REGIONAL_PEER_LAYERS
 
     def build() -> Any:
         model = contestant.build()
-        if contestant.is_deepln:
-            return torch.compile(model)
-        from accelerate.utils import compile_regions
+        if regional:
+            from accelerate.utils import compile_regions
 
-        return compile_regions(model)
+            return compile_regions(model)
+        return torch.compile(model)
 
-    return Contestant(contestant.name + " compiled", build, contestant.is_deepln, False)
+    name = contestant.name + (" compile_regions" if regional else " torch.compile")
+    peer = None if contestant.peer is None else _compiled_peer_name(contestant.peer, layers)
+    return Contestant(name, build, contestant.is_deepln, False, contestant.work, peer)
+
+
+def _compiled_peer_name(peer: str, layers: int) -> str:
+    return peer + (" compile_regions" if layers > REGIONAL_PEER_LAYERS else " torch.compile")
 
 
 def bench_shape(preset: str, layers: int | None, options: BenchOptions, peak: float, generate: bool) -> list[Row]:
     """Training, inference (and greedy generation) throughput of every contestant of ``preset`` at ``layers``."""
     config = _config(preset, options, layers)
-    case = f"{preset.split('-')[0]} shape, {config.num_hidden_layers} layers, {options.batch_size}x{options.seq_len}"
+    depth = config.num_hidden_layers
+    case = f"{preset.split('-')[0]} shape, {depth} layers, {options.batch_size}x{options.seq_len}"
     batch = _batch(config, options, torch.Generator().manual_seed(0))
     contestants = contestants_for(config, seed_scheme=options.seed_schemes)
     if options.compile:
-        contestants += [_compiled(c) for c in contestants if c.name.startswith(("deepln pre_ln", "deepln post_ln"))]
-        contestants += [_compiled(c) for c in contestants if not c.is_deepln and "torchscale" not in c.name]
+        compiled = [c for c in contestants if c.work in (EQUAL_WORK, SHORTCUTS, PEER) and "torchscale" not in c.name]
+        contestants += [_compiled(c, depth) for c in compiled]
     rows: list[Row] = []
     for contestant in contestants:
         _free()
         torch.manual_seed(0)
         model = contestant.build().to(options.device)
-        if options.profile and "compiled" not in contestant.name:
-            table = profile_train_step(model, batch, options.torch_device, options.torch_dtype)
+        if options.profile and contestant.work in (EQUAL_WORK, PEER) and "compile" not in contestant.name:
+            table = profile_by_class(model, batch, options.torch_device, options.torch_dtype, depth)
             options.log(f"profile of one training step, {contestant.name} ({case}):\n{table}")
         rows += _throughput_rows(case, contestant, model, config, batch, options, peak)
-        if generate and contestant.can_generate:
+        if generate and contestant.can_generate and contestant.work in (EQUAL_WORK, OWN_SCHEME, PEER):
             rows += _generation_rows(case, contestant, model, config, options)
         del model
-    peer = next(c.name for c in contestants if not c.is_deepln)
-    _add_ratios(rows, peer, higher_is_better=True)
+    add_ratios(rows)
     return rows
 
 
@@ -236,15 +283,16 @@ def bench_gpt1k_checkpointed(options: BenchOptions, peak: float) -> list[Row]:
     case = f"gpt-1k ({config.num_hidden_layers} layers), activation checkpointing, {options.batch_size}x{options.seq_len}"
     batch = _batch(config, options, torch.Generator().manual_seed(0))
     _free()
-    model = contestants_for(config, seed_scheme=True)[1].build().to(options.device)
+    own = next(c for c in contestants_for(config, seed_scheme=True, torchscale=False) if c.work == OWN_SCHEME)
+    model = own.build().to(options.device)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     seconds = train_step_seconds(model, batch, options.torch_device, options.torch_dtype, steps=1)
     tokens = batch["input_ids"].numel()
     flops = 3 * forward_flops_per_token(config, options.seq_len) * tokens
-    options.log(f"  deepln {config.residual_norm} ({case}): {seconds:.1f} s/step")
+    options.log(f"  {own.name} ({case}): {seconds:.1f} s/step")
     return [
-        Row(case, "train s/step", f"deepln {config.residual_norm}", seconds, "s", of_peak=flops / seconds / peak),
-        Row(case, "train tok/s", f"deepln {config.residual_norm}", tokens / seconds, "tok/s"),
+        Row(case, "train s/step", own.name, seconds, "s", OWN_SCHEME, of_peak=flops / seconds / peak),
+        Row(case, "train tok/s", own.name, tokens / seconds, "tok/s", OWN_SCHEME),
     ]
 
 
@@ -254,7 +302,7 @@ def run_bench(options: BenchOptions) -> tuple[list[Row], dict[str, Any]]:
 
     import transformers
 
-    peak = matmul_peak_flops(options.torch_device, options.torch_dtype, size=256 if options.quick else 1024)
+    peak = matmul_peak_flops(options.torch_device, options.torch_dtype, size=256 if options.quick else PEAK_SIZE[options.torch_device.type])
     facts = {
         "device": torch.cuda.get_device_name() if options.device.startswith("cuda") else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "cpus": __import__("os").cpu_count(), "torch": torch.__version__,

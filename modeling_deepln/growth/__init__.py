@@ -1,7 +1,7 @@
 """CompoundGrow: progressive growth of deepln models while ``transformers.Trainer`` trains.
 
-Gu et al., "On the Transformer Growth for Progressive BERT Training", NAACL 2021 (the project's seed 002;
-``methods.md`` §7). A model starts shallow, with shared FFN blocks and (BERT) mean-pooled first-layer queries, and
+Gu et al., "On the Transformer Growth for Progressive BERT Training", NAACL 2021, and the
+authors' code ``google-research/grow_bert``. A model starts shallow, with shared FFN blocks and (BERT) mean-pooled first-layer queries, and
 grows at stage boundaries until it is the full model:
 
 * :mod:`.operators`: depth (progressive stacking, with α of DeepNorm/Upscale LN recomputed and compensated) and

@@ -5,8 +5,8 @@ module object, so Trainer's and Accelerate's references stay valid): FFN un-shar
 pool size (:func:`grow_model`); it then grows the optimizer in place (:func:`~.optim_state.grow_optimizer`: new
 ``param_groups`` and Adam state, kept across stages: deepln's choice, the authors build a fresh optimizer per
 stage). The learning-rate schedule restarts at every stage by default, as the authors' code does
-(``StackingStageConfig`` rebuilt per stage: warmup again, then the decay of the whole run from the peak; seed 002
-App. A, ``methods.md`` §7.4): the scheduler's step counter is set back to 0, so the new stage runs the run's
+(``StackingStageConfig`` rebuilt per stage: warmup again, then the decay of the whole run from the peak; the
+paper's App. A): the scheduler's step counter is set back to 0, so the new stage runs the run's
 schedule from its start. ``restart_lr_schedule=False`` keeps one schedule through all stages. Each event is
 printed and appended to ``<output_dir>/growth_events.jsonl`` with the step, the old
 and new shapes and the loss on a fixed probe batch just before and just after growth (eval mode, same masking).
@@ -52,8 +52,8 @@ def stage_config(full_config: Any, stage: GrowthStage) -> Any:
 
 
 FAST_PATHS = ("sparse_mlm_loss", "fused_lm_loss")
-"""Training fast paths that are model instance attributes (not saved): a stage model built to replace a model
-takes them over, so a grown run trains with the same heads as a run of the full model."""
+"""Training fast paths of the model (config fields since they are saved with the config, so ``stage_config``'s copy
+already carries them; the copy below only matters for a model that set them as instance attributes)."""
 
 
 def stage_model(full_config: Any, stage: GrowthStage, model_class: type, like: nn.Module | None = None) -> nn.Module:

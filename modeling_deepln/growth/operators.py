@@ -1,9 +1,8 @@
 """CompoundGrow's parameter-changing operators on deepln models: depth (progressive stacking) and width (FFN
 un-sharing), each returning where every new parameter came from so the optimizer state can follow.
 
-Source: Gu et al., "On the Transformer Growth for Progressive BERT Training", NAACL 2021 (seed 002 §3-§4) and
-the authors' code ``google-research/google-research/grow_bert`` ``ProgressiveMaskedLM.transform_model``
-(summarised in the project's ``methods.md`` §7.2-§7.3).
+Source: Gu et al., "On the Transformer Growth for Progressive BERT Training", NAACL 2021 (§3-§4) and the
+authors' code ``google-research/google-research/grow_bert`` ``ProgressiveMaskedLM.transform_model``.
 
 Width, FFN parameter sharing (k)
     The low-cost FFN of an early stage has inner size ``d_ff/k``: ``W1s: d_ff/k × d``, ``b1s``, ``W2s: d × d_ff/k``,

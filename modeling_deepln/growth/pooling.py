@@ -1,7 +1,7 @@
 """CompoundGrow's length operator: mean-pool the embeddings that feed the first layer's queries (masked LM only).
 
-Source: Gu et al. 2021 (seed 002 §3.1, "embedding pooling"), authors' code ``grow_bert`` ``EmbedPoolLayer`` /
-``TransformerEncoder.call`` (``methods.md`` §7.1). With ``E = Dropout(LN(word + position + type))`` of the
+Source: Gu et al. 2021 (§3.1, "embedding pooling"), authors' code ``grow_bert`` ``EmbedPoolLayer`` /
+``TransformerEncoder.call``. With ``E = Dropout(LN(word + position + type))`` of the
 ``[batch, L]`` input and pool size ``p``::
 
     query_0 = [ E_0 ; meanpool_p(E_1..E_{L-1}) ; E_targets ]     # [CLS] kept, targets = masked positions

@@ -10,11 +10,11 @@ A schedule is a ``;``-separated list of stages, ``depth=D[,ffn_share=K][,pool=P]
 * ``END``: the global step at which the stage ends, an integer, or a fraction of the run's ``max_steps``
   (``0.2``).
 
-Named schedules (seed 002 §4 and Appendix A: 1M steps; stage ends at 200K/400K/700K for CompoundGrow and 300K/700K
+Named schedules (the paper's §4 and Appendix A: 1M steps; stage ends at 200K/400K/700K for CompoundGrow and 300K/700K
 for stacking, as fractions here):
 
 * ``compound``: ``depth=1/4,ffn_share=2,pool=2@0.2; depth=1/2,ffn_share=2,pool=2@0.4;
-  depth=full,ffn_share=2,pool=2@0.7; depth=full`` (k = 2 is [UNVERIFIED] in ``methods.md`` §7.2; GPT drops
+  depth=full,ffn_share=2,pool=2@0.7; depth=full`` (k = 2 could not be checked against the paper's text; GPT drops
   ``pool``, which applies to masked LM only);
 * ``stack``: ``depth=1/4@0.3; depth=1/2@0.7; depth=full`` (the progressive-stacking baseline).
 

@@ -17,6 +17,8 @@ from .residual_deepln import POST_NORM_FORMS, RESIDUAL_SCHEMES, get_residual_sch
 
 HEAD_SCALE_POSITIONS = ("before_out_proj", "after_out_proj")
 POSITION_EMBEDDING_INITS = ("normal", "sinusoidal")
+FAST_PATH_FIELDS = ("fuse_qkv", "fused_lm_loss", "sparse_mlm_loss")
+"""Switches that pick a faster computation of the same function (README, "Speed"); saved with the config."""
 
 _BERT_AUTO_MAP = {
     "AutoConfig": "configuration_deepln.DeepLNBertConfig",
@@ -49,6 +51,7 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "normformer_residual_scale": False,
     "normformer_head_scale_position": "before_out_proj",
     "tie_word_embeddings": True,
+    "fuse_qkv": True,
 }
 """Defaults shared by both families; each config class adds its own in ``_family_defaults``."""
 
@@ -177,6 +180,9 @@ class _DeepLNConfig(PretrainedConfig):
                 f"{name}.normformer_head_scale_position must be one of {HEAD_SCALE_POSITIONS}, "
                 f"got {self.normformer_head_scale_position!r}."
             )
+        for field in FAST_PATH_FIELDS:
+            if not isinstance(getattr(self, field, False), bool):
+                raise ValueError(f"{name}.{field} must be True or False, got {getattr(self, field)!r}.")
         from transformers.activations import ACT2FN
 
         if self.hidden_act not in ACT2FN:
@@ -246,6 +252,16 @@ class DeepLNBertConfig(_DeepLNConfig):
             NormFormer's switches (used only when ``residual_norm="normformer"``).
         normformer_head_scale_position: ``"before_out_proj"`` (paper) or ``"after_out_proj"`` (fairseq).
         tie_word_embeddings: tie the MLM decoder to the word embeddings.
+        fuse_qkv: compute the query, key and value projections as one matmul (``[3d, d]`` weight) instead of three;
+            the same parameters, names and outputs (to float rounding). Used only while ``q_proj``, ``k_proj`` and
+            ``v_proj`` are plain ``nn.Linear`` s without hooks, so LoRA/PEFT adapters and forward hooks still see
+            three separate projections. Default ``True``.
+        sparse_mlm_loss: in a training forward (``model.train()``, gradients on) with ``labels``, run the MLM head
+            only on the masked positions (``labels != -100``): the loss and its gradients equal the dense head's,
+            the head's work shrinks to the masking rate, and ``outputs.logits`` is ``None`` (Cramming, Geiping &
+            Goldstein 2022, arXiv 2212.14034; ModernBERT). Evaluation and ``model.eval()`` forwards still return
+            logits. Default ``False`` (code that reads training logits keeps working); ``deepln pretrain`` turns
+            it on.
     """
 
     model_type = "deepln_bert"
@@ -258,6 +274,7 @@ class DeepLNBertConfig(_DeepLNConfig):
         "intermediate_size": 3072,
         "max_position_embeddings": 512,
         "type_vocab_size": 2,
+        "sparse_mlm_loss": False,
         "hidden_act": "gelu",
         "classifier_dropout": None,
         "layer_norm_eps": 1e-12,
@@ -289,6 +306,14 @@ class DeepLNGPTConfig(_DeepLNConfig):
     embeddings (GPT-2's ``embd_pdrop``; ``None``: ``hidden_dropout_prob``); ``lm_head_transform`` puts BERT's
     head transform ``LN(act(dense(h)))`` before the LM head (off: GPT-2's bare head; the post-LN presets turn it
     on, see ``layers_deepln.LMHeadTransform``).
+
+    ``fused_lm_loss``: in a training forward (``model.train()``, gradients on) with ``labels``, compute the LM head
+    and the cross-entropy together, chunk by chunk, without the ``[tokens, vocab]`` logits
+    (``layers_deepln.linear_cross_entropy``, Liger-Kernel's fused linear cross-entropy): the same loss and
+    gradients, less memory and time, and ``outputs.logits`` is ``None``, as under transformers'
+    ``use_liger_kernel``. Evaluation, generation and ``model.eval()`` forwards return logits. Default ``False``
+    (code that reads training logits, e.g. a token-accuracy metric, keeps working); ``deepln pretrain`` turns it
+    on. ``fuse_qkv`` as in :class:`DeepLNBertConfig`.
     """
 
     model_type = "deepln_gpt"
@@ -302,6 +327,7 @@ class DeepLNGPTConfig(_DeepLNConfig):
         "hidden_act": "gelu_new",
         "embedding_dropout_prob": None,
         "lm_head_transform": False,
+        "fused_lm_loss": False,
         "layer_norm_eps": 1e-5,
         "residual_norm": "pre_ln",
         "use_cache": True,

@@ -26,6 +26,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_deepln import _DeepLNConfig
+from .init_deepln import deferred_normal_init, normal_init_, xavier_normal_init_
 from .residual_deepln import ResidualConnection
 
 CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -117,20 +118,16 @@ class DeepLNAttention(nn.Module):
         self.head_scale = nn.Parameter(torch.ones(self.num_heads)) if config.uses_head_scale else None
         self.head_scale_before_out_proj = config.normformer_head_scale_position == "before_out_proj"
 
-    fuse_qkv: bool = False
-    """Run ``q_proj``, ``k_proj``, ``v_proj`` as one matmul with their concatenated weights (same parameters and
-    checkpoint names; used only while all three are plain, hook-free ``nn.Linear`` s, so adapters such as LoRA
-    and monitoring hooks see the separate projections). Off by default: on the shared 2-core CPU the gain could
-    not be told from noise (the QKV matmuls alone ran ~30 % faster fused); ``DeepLNAttention.fuse_qkv = True``
-    switches it on for every model."""
-
     def _project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(q_proj(x), k_proj(x), v_proj(x))``; with ``config.fuse_qkv`` as one matmul with the concatenated
+        ``[3d, d]`` weight (the same parameters and checkpoint names), but only while all three are plain,
+        hook-free ``nn.Linear`` s, so adapters such as LoRA and monitoring hooks see the separate projections."""
         projections = (self.q_proj, self.k_proj, self.v_proj)
         plain = all(
             type(p) is nn.Linear and p.bias is not None and not (p._forward_hooks or p._forward_pre_hooks)
             for p in projections
         )
-        if not (self.fuse_qkv and plain):
+        if not (self.config.fuse_qkv and plain):
             return tuple(p(hidden_states) for p in projections)
         weight = torch.cat([p.weight for p in projections])
         bias = torch.cat([p.bias for p in projections])
@@ -463,7 +460,13 @@ class DeepLNPreTrainedModel(PreTrainedModel):
     """
 
     supports_gradient_checkpointing = True
+    # Attention goes through transformers' attention interface with masks from ``masking_utils`` (which builds
+    # each backend's mask format: BlockMask for flex, 2-D padding masks for flash) and ``module.is_causal``, the
+    # contract of transformers' own models. Flex attention runs on the CPU without gradients (torch 2.13), tested
+    # equal to SDPA; flash attention needs a CUDA GPU and the ``flash-attn``/``kernels`` package (untested here).
     _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_flash_attn = True
     _no_split_modules = ["DeepLNBlock"]
     _head_prefixes = ("lm_head.", "lm_head_transform.", "score.", "classifier.", "bert.pooler.", "pooler.")
 
@@ -508,6 +511,12 @@ class DeepLNPreTrainedModel(PreTrainedModel):
             )
         return (model, info) if want_info else model
 
+    def initialize_weights(self) -> None:
+        """``PreTrainedModel.initialize_weights``, with the normal draws filled on all CPU threads at the end
+        (:func:`init_deepln.deferred_normal_init`: same distributions, ~threads x faster for 1,000 layers)."""
+        with deferred_normal_init():
+            super().initialize_weights()
+
     def _init_weights(self, module: nn.Module) -> None:
         config = self.config
         std = config.initializer_range
@@ -515,11 +524,11 @@ class DeepLNPreTrainedModel(PreTrainedModel):
             role = getattr(module, "_deepln_role", None)
             beta = config.residual_scheme.beta(config)
             if role is not None and beta is not None:
-                init.xavier_normal_(module.weight, gain=beta if role in BETA_ROLES else 1.0)
+                xavier_normal_init_(module.weight, gain=beta if role in BETA_ROLES else 1.0)
             elif role in OUTPUT_ROLES and config.scale_output_init:
-                init.normal_(module.weight, mean=0.0, std=std / math.sqrt(2 * config.num_hidden_layers))
+                normal_init_(module.weight, std=std / math.sqrt(2 * config.num_hidden_layers))
             else:
-                init.normal_(module.weight, mean=0.0, std=std)
+                normal_init_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding) and getattr(module, "_deepln_role", None) == POSITION and (
@@ -527,7 +536,9 @@ class DeepLNPreTrainedModel(PreTrainedModel):
         ):
             table = sinusoidal_positions(*module.weight.shape, amplitude=std)
             init.copy_(module.weight, table.to(device=module.weight.device, dtype=module.weight.dtype))
-        elif isinstance(module, nn.Embedding):
+        elif isinstance(module, nn.Embedding) and module.padding_idx is None:
+            normal_init_(module.weight, std=std)
+        elif isinstance(module, nn.Embedding):  # drawn now: the padding row is zeroed right after
             init.normal_(module.weight, mean=0.0, std=std)
             if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
                 init.zeros_(module.weight[module.padding_idx])

@@ -165,7 +165,7 @@ class DeepLNBertLMHead(LMHeadTransform):
 class DeepLNBertForMaskedLM(DeepLNBertPreTrainedModel):
     """:class:`DeepLNBertModel` (without pooler) with BERT's masked-language-modeling head.
 
-    ``sparse_mlm_loss`` (an instance attribute, off by default, not saved): when on, a training forward with labels
+    ``config.sparse_mlm_loss`` (off by default, saved with the config): when on, a training forward with labels
     runs the head only on the masked positions (``labels != -100``) and returns ``logits=None``: the "sparse
     prediction" of Cramming (Geiping & Goldstein 2022, arXiv 2212.14034) and ModernBERT. The loss and its gradients
     are those of the dense path; the head's work shrinks to the masking rate. ``deepln pretrain`` turns it on for
@@ -173,7 +173,15 @@ class DeepLNBertForMaskedLM(DeepLNBertPreTrainedModel):
     """
 
     _tied_weights_keys = {"lm_head.decoder.weight": "bert.embeddings.word_embeddings.weight"}
-    sparse_mlm_loss = False
+
+    @property
+    def sparse_mlm_loss(self) -> bool:
+        """``config.sparse_mlm_loss`` (setting it here sets the config field)."""
+        return self.config.sparse_mlm_loss
+
+    @sparse_mlm_loss.setter
+    def sparse_mlm_loss(self, value: bool) -> None:
+        self.config.sparse_mlm_loss = bool(value)
 
     def __init__(self, config: DeepLNBertConfig):
         super().__init__(config)

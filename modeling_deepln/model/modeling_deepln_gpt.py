@@ -142,15 +142,22 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
     ``config.tie_word_embeddings``), after BERT's head transform when ``config.lm_head_transform``.
     ``labels`` are shifted inside the model, as in GPT-2.
 
-    ``fused_lm_loss`` (an instance attribute, off by default, not saved): when on, a training forward with labels
+    ``config.fused_lm_loss`` (off by default, saved with the config): when on, a training forward with labels
     computes the LM head and the cross-entropy together in chunks (:func:`layers_deepln.linear_cross_entropy`) and
     returns ``logits=None``, as transformers does under Liger's ``use_liger_kernel``. ``deepln pretrain`` turns it
-    on for its own run; code that reads ``outputs.logits`` while training (e.g. TRL's token accuracy) keeps the
-    default.
+    on; code that reads ``outputs.logits`` while training (e.g. TRL's token accuracy) keeps the default.
     """
 
     _tied_weights_keys = {"lm_head.weight": "transformer.token_embeddings.weight"}
-    fused_lm_loss = False
+
+    @property
+    def fused_lm_loss(self) -> bool:
+        """``config.fused_lm_loss`` (setting it here sets the config field)."""
+        return self.config.fused_lm_loss
+
+    @fused_lm_loss.setter
+    def fused_lm_loss(self, value: bool) -> None:
+        self.config.fused_lm_loss = bool(value)
 
     def __init__(self, config: DeepLNGPTConfig):
         super().__init__(config)

@@ -311,7 +311,7 @@ class ResidualConnection(nn.Module):
             residual = residual * self.alpha
         if self.residual_scale is not None:
             residual = residual * self.residual_scale
-        hidden_states = residual + self.dropout(branch)
+        hidden_states = residual + (self.dropout(branch) if self.training else branch)  # eval: no module call
         if self.alpha_plus_ln:
             hidden_states = self.alpha * hidden_states + self.norm(hidden_states)
         elif not self.norm_before:

@@ -141,6 +141,9 @@ class PretrainArgs:
     """Record per-layer gradient norms, relative parameter updates ``‖ΔW‖/‖W‖``, stream norms, branch/skip ratios and
     position collapse every K steps (``modeling_deepln.stability.LayerMonitor``: TensorBoard, ``monitor.jsonl``,
     ``monitor_heatmaps.png``)."""
+    fsdp_blocks_per_unit: int | None = None
+    """Under an FSDP2 launcher config: shard K consecutive blocks as one FSDP unit (1: a unit per block; default
+    automatic, about 4M parameters per unit; see ``modeling_deepln.training.sharding``)."""
 
 
 @dataclass
@@ -205,7 +208,7 @@ class FinetuneArgs:
     weight_decay: float = 0.01
     """AdamW weight decay."""
     optim: str = "adamw_torch"
-    """``adamw_torch`` or ``adam``."""
+    """``adamw_torch`` or ``adam`` (AdamW without weight decay); both run torch's fused AdamW kernel."""
     precision: str = "fp32"
     """``fp32``, ``bf16`` or ``fp16``."""
     gradient_checkpointing: bool = False
@@ -244,6 +247,9 @@ class FinetuneArgs:
     """Record per-layer gradient norms, relative parameter updates ``‖ΔW‖/‖W‖``, stream norms, branch/skip ratios and
     position collapse every K steps (``modeling_deepln.stability.LayerMonitor``: TensorBoard, ``monitor.jsonl``,
     ``monitor_heatmaps.png``)."""
+    fsdp_blocks_per_unit: int | None = None
+    """Under an FSDP2 launcher config: shard K consecutive blocks as one FSDP unit (1: a unit per block; default
+    automatic, about 4M parameters per unit; see ``modeling_deepln.training.sharding``)."""
 
 
 BUILTIN_PRETRAIN_DEFAULTS: dict[str, Any] = {

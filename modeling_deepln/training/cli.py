@@ -78,6 +78,7 @@ def add_optimisation_arguments(parser: argparse.ArgumentParser, docs: dict[str, 
     add_option(parser, docs, "--use-cpu", "use_cpu", action="store_true")
     add_option(parser, docs, "--no-progress", "disable_tqdm", action="store_true", help="Hide the progress bar.")
     add_option(parser, docs, "--monitor-every", "monitor_every", type=int, metavar="K")
+    add_option(parser, docs, "--fsdp-blocks-per-unit", "fsdp_blocks_per_unit", type=int, metavar="K")
 
 
 # ------------------------------------------------------------------------------------------------ pretrain

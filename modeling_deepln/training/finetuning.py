@@ -25,6 +25,7 @@ from .checks import check_positive, check_precision, check_preset, input_errors_
 from .model_config import build_config, config_overrides, model_family
 from .output_dir import PREPARED_DIR, check_output_dir, clear_output_dir, resume_checkpoint
 from .reporting import report_finetuning
+from .sharding import prepare_fsdp, save_model
 from .trainer_setup import (
     default_output_dir,
     find_callback,
@@ -254,6 +255,7 @@ def build_classifier_trainer(run: FinetuneRun):
 
 def train_and_evaluate(run: FinetuneRun) -> tuple[dict[str, float], dict[str, float]]:
     """Step 5b: train (resuming if asked), then evaluate; returns ``(train_metrics, eval_metrics)``."""
+    prepare_fsdp(run.trainer, run.model, run.args.fsdp_blocks_per_unit, run.is_main)
     output = run.trainer.train(resume_from_checkpoint=run.resume_from)
     guard = find_callback(run.trainer, NonFiniteGuard)
     if guard:
@@ -266,7 +268,7 @@ def train_and_evaluate(run: FinetuneRun) -> tuple[dict[str, float], dict[str, fl
 def save_classifier(run: FinetuneRun, train_metrics: dict[str, float], metrics: dict[str, float]) -> None:
     """Step 6: save model, tokenizer, metrics and state; write the model card."""
     trainer = run.trainer
-    trainer.save_model(str(run.output_dir))
+    save_model(trainer, str(run.output_dir))
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("train", train_metrics)
     trainer.save_metrics("eval", metrics)

@@ -35,6 +35,7 @@ from .metrics import masked_unigram_perplexity, perplexity, unigram_perplexity, 
 from .model_config import build_config, config_overrides, model_family
 from .output_dir import PREPARED_DIR, check_output_dir, clear_output_dir, resume_checkpoint
 from .reporting import print_samples, report_pretraining
+from .sharding import prepare_fsdp, save_model, unsharded_evaluation
 from .trainer_setup import (
     default_output_dir,
     find_callback,
@@ -361,13 +362,13 @@ def build_lm_model(run: PretrainRun) -> torch.nn.Module:
     else:
         config.bos_token_id = tokenizer.cls_token_id
         config.eos_token_id = tokenizer.sep_token_id
+    if run.family == "gpt":  # chunked LM head + loss in training (no [tokens, vocab] logits); saved in config.json
+        config.fused_lm_loss = True
+    else:  # the MLM head only on the masked positions in training; saved in config.json
+        config.sparse_mlm_loss = True
     set_seed(run.args.seed)
     auto_class = AutoModelForMaskedLM if run.family == "bert" else AutoModelForCausalLM
     run.model = auto_class.from_config(config)
-    if run.family == "gpt":  # chunked LM head + loss in training (no [tokens, vocab] logits); not saved
-        run.model.fused_lm_loss = True
-    else:  # the MLM head only on the masked positions in training; not saved
-        run.model.sparse_mlm_loss = True
     return run.model
 
 
@@ -455,7 +456,8 @@ def evaluate_before_training(run: PretrainRun) -> dict[str, float]:
     if run.resume_from and before_file.is_file():
         before = json.loads(before_file.read_text())
     else:
-        metrics = run.trainer.evaluate()
+        with unsharded_evaluation(run.trainer):
+            metrics = run.trainer.evaluate()
         undo_eval_prepare(run.model)
         before = {"eval_loss_before": metrics["eval_loss"], "perplexity_before": perplexity(metrics["eval_loss"])}
         if run.is_main:
@@ -480,6 +482,7 @@ def train_lm(run: PretrainRun) -> dict[str, Any]:
             print(f"[deepln] resuming from {run.resume_from} (step {start_step})", flush=True)
         if a.streaming:
             _resume_stream(run)
+    prepare_fsdp(run.trainer, run.model, a.fsdp_blocks_per_unit, run.is_main)
     start = time.monotonic()
     output = run.trainer.train(resume_from_checkpoint=run.resume_from)
     seconds = time.monotonic() - start
@@ -549,7 +552,7 @@ def evaluate_after_training(run: PretrainRun, before: dict[str, float]) -> dict[
 def save_and_report(run: PretrainRun, metrics: dict[str, float], training: dict[str, Any]) -> list[str]:
     """Step 6: save model, tokenizer, metrics and state; write ``loss.png`` and the model card; print samples."""
     trainer = run.trainer
-    trainer.save_model(str(run.output_dir))
+    save_model(trainer, str(run.output_dir))
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("train", training["train_metrics"])
     trainer.save_metrics("eval", metrics)

@@ -97,6 +97,13 @@ def report_to(value: str | list[str] | None) -> list[str]:
 
 
 
+TORCH_OPTIMIZER = "adamw_torch_fused"
+"""Both ``--optim`` choices (AdamW, and Adam as AdamW without decay) run torch's fused AdamW: one kernel over all
+parameter tensors instead of a few elementwise ops per tensor (``for`` loop) or per group of tensors (``foreach``).
+The same update to float rounding; at 1,000 layers (~16k tensors) the step takes a fraction of foreach's time
+(README, "Speed")."""
+
+
 def training_arguments(
     a: PretrainArgs | FinetuneArgs, *, output_dir: str, world: int, extra: dict[str, Any] | None = None
 ):
@@ -123,7 +130,7 @@ def training_arguments(
         lr_scheduler_kwargs=scheduler_kwargs,
         warmup_steps=float(a.warmup_ratio or 0.0),
         weight_decay=weight_decay,
-        optim="adamw_torch",
+        optim=TORCH_OPTIMIZER,
         max_steps=a.max_steps if a.max_steps and a.max_steps > 0 else -1,
         num_train_epochs=a.num_epochs,
         logging_steps=a.logging_steps,
@@ -208,4 +215,3 @@ _PROMPTS = ("The history of", "In mathematics,", "The city is", "He was born in"
 
 def param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
