@@ -64,6 +64,10 @@ class PretrainArgs:
     """Column holding the text."""
     validation_fraction: float = 0.05
     """Share of the training rows held out for evaluation when the data has no validation split."""
+    streaming: bool = False
+    """Read ``data`` as a stream (``load_dataset(streaming=True)``), tokenizing and packing it on the fly: for corpora
+    larger than memory or disk. Needs ``max_steps``; the held-out set is the first ``max_eval_samples`` (default 128)
+    blocks of the validation split, else of the training stream (training starts after them)."""
     tokenizer: str | None = None
     """Hub name or local folder; ``None`` (recipe permitting) trains one on the training text with ``tokenizers``."""
     seq_len: int | None = None

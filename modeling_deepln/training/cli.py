@@ -95,6 +95,7 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     add_option(parser, docs, "--data", "data", nargs="+", metavar="DATA")
     add_option(parser, docs, "--text-column", "text_column", metavar="COL")
     add_option(parser, docs, "--validation-fraction", "validation_fraction", type=float, metavar="F")
+    add_option(parser, docs, "--streaming", "streaming", action="store_true")
     add_option(parser, docs, "--tokenizer", "tokenizer", metavar="NAME_OR_DIR")
     add_option(parser, docs, "--seq-len", "seq_len", type=int, metavar="N")
     add_option(parser, docs, "--mlm-probability", "mlm_probability", type=float, metavar="P")

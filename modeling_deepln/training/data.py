@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from datasets import DatasetDict, load_dataset
+from datasets import DatasetDict, IterableDatasetDict, load_dataset
 from transformers import PreTrainedTokenizerBase
 
 __all__ = [
@@ -138,9 +138,18 @@ def _split_of(path: Path) -> str | None:
     return _SPLIT_STEMS.get(stem)
 
 
+def _only_whitespace(path: Path, chunk_bytes: int = 1 << 20) -> bool:
+    """True when a text file holds nothing but whitespace (read in chunks: corpora can be larger than memory)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            if chunk.strip():
+                return False
+    return True
+
+
 def _check_nonempty(files: Sequence[Path]) -> None:
     for f in files:
-        if f.stat().st_size == 0 or (f.suffix.lower() != ".parquet" and not f.read_bytes().strip()):
+        if f.stat().st_size == 0 or (f.suffix.lower() != ".parquet" and _only_whitespace(f)):
             raise EmptyDataError(f"Data file {str(f)!r} is empty; it holds no examples.")
 
 
@@ -162,8 +171,8 @@ def _builder_for(files: Sequence[Path]) -> tuple[str, dict[str, Any]]:
 
 
 def _load_local(
-    data_files: Mapping[str, Sequence[Path]], cache_dir: str | None
-) -> DatasetDict:
+    data_files: Mapping[str, Sequence[Path]], cache_dir: str | None, streaming: bool = False
+) -> DatasetDict | IterableDatasetDict:
     all_files = [f for files in data_files.values() for f in files]
     _check_nonempty(all_files)
     builder, kwargs = _builder_for(all_files)
@@ -172,6 +181,7 @@ def _load_local(
             builder,
             data_files={split: [str(f) for f in files] for split, files in data_files.items()},
             cache_dir=cache_dir,
+            streaming=streaming,
             **kwargs,
         )
     except Exception as exc:  # datasets raises many types for malformed files
@@ -182,12 +192,12 @@ def _load_local(
         ) from exc
 
 
-def _load_hub(spec: str, cache_dir: str | None) -> DatasetDict:
+def _load_hub(spec: str, cache_dir: str | None, streaming: bool = False) -> DatasetDict | IterableDatasetDict:
     """``"name"`` or ``"name:config"`` -> ``load_dataset(name, config)`` (needs the Hub)."""
     name, _, config = spec.partition(":")
-    ds = load_dataset(name, config or None, cache_dir=cache_dir)
-    if not isinstance(ds, DatasetDict):  # pragma: no cover - load_dataset without split
-        ds = DatasetDict({"train": ds})
+    ds = load_dataset(name, config or None, cache_dir=cache_dir, streaming=streaming)
+    if not isinstance(ds, (DatasetDict, IterableDatasetDict)):  # pragma: no cover - load_dataset without split
+        ds = (IterableDatasetDict if streaming else DatasetDict)({"train": ds})
     return ds
 
 
@@ -215,13 +225,13 @@ def _require_columns(ds: DatasetDict, columns: Sequence[str], hint: str) -> None
             )
 
 
-def _normalise_splits(ds: DatasetDict) -> DatasetDict:
+def _normalise_splits(ds: DatasetDict | IterableDatasetDict) -> DatasetDict | IterableDatasetDict:
     """Rename valid/val/dev to ``validation`` (keeps an existing ``validation``)."""
     if "validation" in ds:
         return ds
     for name in _VALIDATION_NAMES[1:]:
         if name in ds:
-            out = DatasetDict({k: v for k, v in ds.items() if k != name})
+            out = type(ds)({k: v for k, v in ds.items() if k != name})
             out["validation"] = ds[name]
             return out
     return ds
@@ -308,10 +318,7 @@ def load_text_data(
     _require_columns(ds, [text_column], hint)
     ds = DatasetDict(
         {
-            split: d.filter(
-                lambda batch: [isinstance(t, str) and bool(t.strip()) for t in batch[text_column]],
-                batched=True,
-            )
+            split: d.filter(_has_text(text_column), batched=True, num_proc=_effective_num_proc(None, len(d)))
             for split, d in ds.items()
         }
     )
@@ -323,16 +330,26 @@ def load_text_data(
     return _ensure_validation(ds, validation_fraction, seed)
 
 
+def _has_text(text_column: str):
+    """Batched ``filter`` predicate: the rows whose ``text_column`` holds a non-blank string."""
+
+    def has_text(batch: dict[str, list]) -> list[bool]:
+        return [isinstance(t, str) and bool(t.strip()) for t in batch[text_column]]
+
+    return has_text
+
+
 def _infer_family(tokenizer: PreTrainedTokenizerBase) -> Family:
     """BERT-style tokenizers have [CLS]/[SEP]; everything else is treated as GPT-style."""
     return "bert" if tokenizer.cls_token is not None and tokenizer.sep_token is not None else "gpt"
 
 
 def _effective_num_proc(requested: int | None, num_rows: int, min_rows_per_proc: int = 2000) -> int | None:
-    """Use several processes only when each gets enough rows to pay for the start-up."""
-    cpus = os.cpu_count() or 1
-    wanted = requested if requested is not None else min(cpus, 8)
-    useful = min(wanted, cpus, num_rows // min_rows_per_proc)
+    """Processes for ``Dataset.map``: all the cores this process may use (or ``requested``), but only as many as
+    get a few thousand rows each, so that a small corpus does not pay for starting processes."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    wanted = requested if requested is not None else cpus
+    useful = min(wanted, num_rows // min_rows_per_proc)
     return useful if useful > 1 else None
 
 
@@ -363,7 +380,8 @@ def _tokenize_fn(tokenizer: PreTrainedTokenizerBase, text_column: str, family: F
 
 
 def _group_fn(block_size: int, with_token_types: bool):
-    """Batched ``map`` function: concatenate the batch's token lists and cut them into full blocks."""
+    """Batched ``map`` function on Python lists: concatenate the batch's token lists and cut them into full blocks
+    (the remainder of the batch is dropped). :func:`_group_table` is the same rule on Arrow tables."""
 
     def group(batch: dict[str, list]) -> dict[str, list]:
         concatenated = [tok for seq in batch["input_ids"] for tok in seq]
@@ -376,6 +394,28 @@ def _group_fn(block_size: int, with_token_types: bool):
         if with_token_types:
             out["token_type_ids"] = [[0] * block_size for _ in blocks]
         return out
+
+    return group
+
+
+def _group_table(block_size: int, with_token_types: bool):
+    """:func:`_group_fn` on an Arrow table (``with_format("arrow")``): no Python object per token, so one process
+    groups as fast as the disk reads, and the blocks do not depend on how many processes tokenized."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def blocks_of(values: pa.Array) -> pa.Array:
+        return pa.FixedSizeListArray.from_arrays(values, block_size).cast(pa.list_(values.type))
+
+    def group(table: pa.Table) -> pa.Table:
+        tokens = pc.list_flatten(table.column("input_ids")).combine_chunks()
+        total = (len(tokens) // block_size) * block_size
+        ones, zeros = pa.array(np.ones(total, np.int8)), pa.array(np.zeros(total, np.int8))
+        columns = {"input_ids": blocks_of(tokens.slice(0, total)), "attention_mask": blocks_of(ones)}
+        if with_token_types:
+            columns["token_type_ids"] = blocks_of(zeros)
+        return pa.table(columns)
 
     return group
 
@@ -403,14 +443,20 @@ def tokenize_and_group(
        them into blocks of exactly ``block_size`` tokens, dropping the remainder of
        each such group. With fewer texts than ``group_batch_size`` the blocks are
        exactly the leading ``len(blocks) * block_size`` tokens of the concatenation.
+       This step runs in one process on Arrow tables, so the blocks are the same
+       whatever the number of processes that tokenized; :mod:`.streaming` applies the
+       same rule to a stream.
+
+    Memory stays bounded whatever the corpus size: both steps are batched ``map`` calls writing
+    to the ``datasets`` cache (memory-mapped Arrow files); no step holds the corpus in Python.
 
     Columns out: ``input_ids``, ``attention_mask`` (all ones) and, when the tokenizer
     lists it in ``model_input_names``, ``token_type_ids`` (all zeros). Labels are made by
     ``DataCollatorForLanguageModeling`` (``mlm=True`` for BERT, ``False`` for GPT).
 
     Args:
-        num_proc: processes for ``map``; ``None`` picks automatically, and more than
-            one is used only when each process gets a few thousand rows.
+        num_proc: processes that tokenize; ``None``: all the cores this process may use,
+            but only as many as get a few thousand rows each.
         family: ``"bert"`` or ``"gpt"``; inferred from the tokenizer when ``None``.
 
     Raises:
@@ -427,7 +473,7 @@ def tokenize_and_group(
     _require_columns(dataset_dict, [text_column], "Pass --text-column NAME.")
 
     tokenize = _tokenize_fn(tokenizer, text_column, family, add_special_tokens)
-    group = _group_fn(block_size, with_token_types="token_type_ids" in tokenizer.model_input_names)
+    group = _group_table(block_size, with_token_types="token_type_ids" in tokenizer.model_input_names)
 
     result = {}
     for split, ds in dataset_dict.items():
@@ -439,13 +485,12 @@ def tokenize_and_group(
             num_proc=procs,
             desc=f"Tokenizing {split}",
         )
-        grouped = tokenized.map(
+        grouped = tokenized.with_format("arrow").map(
             group,
             batched=True,
             batch_size=group_batch_size,
-            num_proc=procs,
             desc=f"Grouping {split} into blocks of {block_size}",
-        )
+        ).with_format(None)
         if len(grouped) == 0:
             n_tokens = sum(len(x) for x in tokenized["input_ids"])
             raise CorpusTooSmallError(

@@ -186,6 +186,8 @@ def plan_pretrain(args: PretrainArgs) -> PretrainRun:
             raise DeepLNInputError(f"Recipe of {a.preset!r} says objective {objective!r} but the model is {family}.")
         check_positive(seq_len=a.seq_len, grad_accum=a.grad_accum, lr=a.lr, max_minutes=a.max_minutes)
         check_positive(monitor_every=a.monitor_every)
+        if a.streaming:
+            check_streaming(a)
         if family == "bert":
             check_probability(mlm_probability=a.mlm_probability, eval_mlm_probability=a.eval_mlm_probability)
         check_precision(a.precision, resolve_use_cpu(a.use_cpu))
@@ -199,6 +201,21 @@ def plan_pretrain(args: PretrainArgs) -> PretrainRun:
             clear_output_dir(output_dir)
         targs = training_arguments(a, output_dir=str(output_dir), world=world)
     return PretrainRun(a, recipe, config, family, output_dir, is_main, world, targs)
+
+
+def check_streaming(a: PretrainArgs) -> None:
+    """``--streaming`` needs a corpus to stream and a step count (a stream has no length to count epochs in)."""
+    if a.data is None:
+        raise DeepLNInputError(
+            "--streaming reads --data as a stream; without --data the embedded corpus (2.9M characters) is used, "
+            "which fits in memory. Pass --data FILES_OR_HUB_NAME, or drop --streaming."
+        )
+    if not a.max_steps or a.max_steps <= 0:
+        raise DeepLNInputError(
+            "--streaming needs --max-steps N: a streamed corpus has no known length, so the Trainer cannot turn "
+            "--epochs into a number of steps (and the learning-rate schedule needs one). Each step trains "
+            "batch_size x grad_accum blocks of seq_len tokens."
+        )
 
 
 def prepare_lm_data(run: PretrainRun) -> None:
@@ -224,10 +241,13 @@ def prepare_lm_data(run: PretrainRun) -> None:
             "seq_len": a.seq_len,
             "family": run.family,
             "seed": a.seed,
+            **({"streaming": True} if a.streaming else {}),
         },
         sort_keys=True,
         default=str,
     )
+    if a.streaming:
+        return _prepare_streamed_lm_data(run, prepared, fingerprint)
     cached = fp_file.is_file() and fp_file.read_text() == fingerprint and tok_dir.is_dir() and data_dir.is_dir()
     with input_errors_as_deepln(), run.training_args.main_process_first(desc="preparing tokenizer and data"):
         if cached:
@@ -252,24 +272,72 @@ def prepare_lm_data(run: PretrainRun) -> None:
     run.tokenizer, run.train_dataset, run.eval_dataset = tokenizer, train_ds, eval_ds
 
 
+def _prepare_streamed_lm_data(run: PretrainRun, prepared: Path, fingerprint: str) -> None:
+    """Step 2 with ``--streaming``: the tokenizer (trained on the stream's leading text, cached in ``prepared/``),
+    the held-out blocks read from the stream, and the training stream (:mod:`.streaming`)."""
+    from transformers import AutoTokenizer
+
+    from .streaming import (
+        STREAMING_EVAL_BLOCKS,
+        ResumableBlocks,
+        StreamPosition,
+        load_text_stream,
+        split_held_out,
+        stream_blocks,
+    )
+
+    a = run.args
+    tok_dir, fp_file = prepared / "tokenizer", prepared / "fingerprint.json"
+    with input_errors_as_deepln(), run.training_args.main_process_first(desc="preparing tokenizer and stream"):
+        streams = load_text_stream(a.data, text_column=a.text_column)
+        if fp_file.is_file() and fp_file.read_text() == fingerprint and tok_dir.is_dir():
+            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+        else:
+            tokenizer = _lm_tokenizer(run, (row[a.text_column] for row in streams["train"]))
+            if run.is_main:
+                shutil.rmtree(prepared, ignore_errors=True)
+                tokenizer.save_pretrained(str(tok_dir))
+                fp_file.write_text(fingerprint)
+        blocks = {name: stream_blocks(s, tokenizer, a.seq_len, a.text_column, family=run.family) for name, s in streams.items()}
+        train, run.eval_dataset = split_held_out(
+            blocks["train"], blocks.get("validation"), a.max_eval_samples or STREAMING_EVAL_BLOCKS
+        )
+        run.resume_from = resume_checkpoint(a.resume, run.output_dir, run.is_main)
+    if a.max_train_samples:
+        train = train.take(a.max_train_samples)
+    run.tokenizer = tokenizer
+    run.train_dataset = ResumableBlocks(train, batch_examples=a.batch_size)
+    run.extra_callbacks.append(StreamPosition(run.train_dataset, examples_per_step=a.batch_size * a.grad_accum))
+
+
+def _lm_tokenizer(run: PretrainRun, texts: Any):
+    """``--tokenizer``, or one trained on the leading ``TOKENIZER_TRAINING_CHARS`` characters of ``texts``; checked
+    against the model's vocabulary."""
+    from .tokenization import TOKENIZER_TRAINING_CHARS, check_tokenizer_fits, load_or_train_tokenizer
+
+    a, config = run.args, run.config
+    tokenizer = load_or_train_tokenizer(
+        a.tokenizer,
+        run.family,
+        texts if not a.tokenizer else None,
+        vocab_size=config.vocab_size,
+        output_dir=None,
+        model_max_length=config.max_position_embeddings,
+        max_chars=TOKENIZER_TRAINING_CHARS,
+    )
+    check_tokenizer_fits(tokenizer, config.vocab_size)
+    return tokenizer
+
+
 def _tokenize_corpus(run: PretrainRun):
     """Load the text, train (or load) the tokenizer, check it against the vocabulary, pack the text into blocks."""
     from datasets import DatasetDict
 
     from .data import load_text_data, tokenize_and_group
-    from .tokenization import check_tokenizer_fits, load_or_train_tokenizer
 
-    a, config = run.args, run.config
+    a = run.args
     raw = load_text_data(a.data, text_column=a.text_column, validation_fraction=a.validation_fraction, seed=a.seed)
-    tokenizer = load_or_train_tokenizer(
-        a.tokenizer,
-        run.family,
-        raw["train"][a.text_column] if not a.tokenizer else None,
-        vocab_size=config.vocab_size,
-        output_dir=None,
-        model_max_length=config.max_position_embeddings,
-    )
-    check_tokenizer_fits(tokenizer, config.vocab_size)
+    tokenizer = _lm_tokenizer(run, raw["train"][a.text_column])
     lm_data = tokenize_and_group(
         DatasetDict({"train": raw["train"], "validation": raw["validation"]}),
         tokenizer,
@@ -370,12 +438,16 @@ def build_lm_trainer(run: PretrainRun):
         print(
             f"[deepln] {a.preset}: {run.family.upper()} {'masked' if run.family == 'bert' else 'causal'}-LM, "
             f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, residual_norm={config.residual_norm}, "
-            f"{param_count(run.model) / 1e6:.2f}M parameters; {len(run.train_dataset)} training / "
+            f"{param_count(run.model) / 1e6:.2f}M parameters; {_train_blocks_text(run)} training / "
             f"{len(run.eval_dataset)} validation blocks of {a.seq_len} tokens; global batch {a.batch_size} x "
             f"{a.grad_accum} accumulation over {run.world} process(es); output {run.output_dir}",
             flush=True,
         )
     return run.trainer
+
+
+def _train_blocks_text(run: PretrainRun) -> str:
+    return "streamed" if run.args.streaming else str(len(run.train_dataset))
 
 
 def evaluate_before_training(run: PretrainRun) -> dict[str, float]:
@@ -408,6 +480,8 @@ def train_lm(run: PretrainRun) -> dict[str, Any]:
         start_step = json.loads((Path(run.resume_from) / "trainer_state.json").read_text()).get("global_step", 0)
         if run.is_main:
             print(f"[deepln] resuming from {run.resume_from} (step {start_step})", flush=True)
+        if a.streaming:
+            _resume_stream(run)
     prepare_fsdp(run.trainer, run.model, a.fsdp_blocks_per_unit, run.is_main)
     start = time.monotonic()
     output = run.trainer.train(resume_from_checkpoint=run.resume_from)
@@ -421,7 +495,7 @@ def train_lm(run: PretrainRun) -> dict[str, Any]:
     train_metrics = dict(output.metrics)
     train_metrics.update(
         {
-            "train_samples": len(run.train_dataset),
+            "train_samples": steps_done * a.batch_size * a.grad_accum if a.streaming else len(run.train_dataset),
             "train_tokens": tokens,
             "train_tokens_per_second": tokens_per_second,
         }
@@ -435,6 +509,22 @@ def train_lm(run: PretrainRun) -> dict[str, Any]:
     }
 
 
+def _resume_stream(run: PretrainRun) -> None:
+    """Continue the training stream where the checkpoint left it (its saved position), instead of letting the Trainer
+    replay the stream up to the checkpoint's step; a checkpoint without a saved position is replayed."""
+    from .streaming import saved_stream_position
+
+    position = saved_stream_position(run.resume_from)
+    if position is None:
+        if run.is_main:
+            print(f"[deepln] {run.resume_from} holds no stream position: replaying the stream up to it", flush=True)
+        return
+    run.train_dataset.resume_at(position)
+    run.trainer.args.ignore_data_skip = True
+    if run.is_main:
+        print(f"[deepln] the stream continues after block {position['examples']:,}", flush=True)
+
+
 def evaluate_after_training(run: PretrainRun, before: dict[str, float]) -> dict[str, float]:
     """Step 5c: held-out loss and perplexity, and ``perplexity_unigram``: what a model that learned only the token
     frequencies scores on the same targets (GPT: every next token; BERT: the masked held-out positions), as defined
@@ -442,7 +532,12 @@ def evaluate_after_training(run: PretrainRun, before: dict[str, float]) -> dict[
     metrics = run.trainer.evaluate()
     metrics["perplexity"] = perplexity(metrics["eval_loss"])
     metrics.update(before)
-    train_ids = run.train_dataset.with_format("numpy")["input_ids"]
+    if run.args.streaming:  # the leading blocks of the stream stand for the training text
+        from .streaming import UNIGRAM_SAMPLE_BLOCKS, leading_token_ids
+
+        train_ids = leading_token_ids(run.train_dataset, UNIGRAM_SAMPLE_BLOCKS)
+    else:
+        train_ids = run.train_dataset.with_format("numpy")["input_ids"]
     special = unigram_special_ids(run.tokenizer, run.family)
     if run.family == "gpt":
         eval_ids = run.eval_dataset.with_format("numpy")["input_ids"]

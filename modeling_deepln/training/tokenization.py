@@ -45,6 +45,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 __all__ = [
     "BERT_SPECIAL_TOKENS",
     "GPT_SPECIAL_TOKEN",
+    "TOKENIZER_TRAINING_CHARS",
     "TokenizerVocabMismatchError",
     "check_tokenizer_fits",
     "load_or_train_tokenizer",
@@ -59,6 +60,11 @@ BERT_SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MA
 GPT_SPECIAL_TOKEN = "<|endoftext|>"
 
 _FAMILIES = ("bert", "gpt")
+
+#: Characters of training text a tokenizer is trained on by ``deepln pretrain`` (the leading texts of the training
+#: split or stream): enough for the vocabularies deepln trains (8k-50k tokens), and it keeps the tokenizer's time and
+#: memory independent of the corpus size. The embedded corpus (2.9M characters) is used whole.
+TOKENIZER_TRAINING_CHARS = 20_000_000
 
 
 class TokenizerVocabMismatchError(ValueError):
@@ -167,6 +173,7 @@ def train_tokenizer(
     vocab_size: int,
     output_dir: str | Path | None = None,
     model_max_length: int = 512,
+    max_chars: int | None = None,
 ) -> PreTrainedTokenizerFast:
     """Train a BERT-style WordPiece or GPT-2-style byte-level BPE tokenizer.
 
@@ -180,6 +187,8 @@ def train_tokenizer(
         output_dir: if given, ``save_pretrained`` the tokenizer there.
         model_max_length: the longest sequence the model accepts (stored in the
             tokenizer so truncation warnings are correct).
+        max_chars: train on the leading texts only, stopping after the text that reaches
+            this many characters (``None``: all of ``texts``).
 
     Returns:
         A ``PreTrainedTokenizerFast``; ``len(tokenizer) <= vocab_size``.
@@ -203,6 +212,8 @@ def train_tokenizer(
         for text in it:
             seen["chars"] += len(text) if isinstance(text, str) else 0
             yield text
+            if max_chars is not None and seen["chars"] >= max_chars:
+                return
 
     builder = _bert_tokenizer if family == "bert" else _gpt_tokenizer
     tokenizer = builder(vocab_size, model_max_length, counting(texts))
@@ -224,12 +235,13 @@ def load_or_train_tokenizer(
     vocab_size: int,
     output_dir: str | Path | None = None,
     model_max_length: int = 512,
+    max_chars: int | None = None,
 ) -> PreTrainedTokenizerBase:
     """Load a tokenizer by Hub name / local folder, or train one when none is given.
 
     This is the single entry point training scripts use: real users pass
     ``--tokenizer gpt2`` (downloaded from the Hub) or a local folder; offline runs pass
-    ``None`` and get a tokenizer trained on ``texts``. A loaded tokenizer is also saved
+    ``None`` and get a tokenizer trained on ``texts`` (the leading ``max_chars`` characters). A loaded tokenizer is also saved
     to ``output_dir`` when given, so the run folder always holds its tokenizer.
 
     Raises:
@@ -252,7 +264,7 @@ def load_or_train_tokenizer(
             "No tokenizer given and no texts to train one on: pass a Hub name or a local "
             "folder (e.g. --tokenizer gpt2) or the training texts."
         )
-    return train_tokenizer(texts, family, vocab_size, output_dir, model_max_length)
+    return train_tokenizer(texts, family, vocab_size, output_dir, model_max_length, max_chars)
 
 
 def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> None:
