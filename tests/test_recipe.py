@@ -26,7 +26,7 @@ def parse_pretrain(argv: list[str]) -> PretrainArgs:
     return PretrainArgs(**values)
 
 
-def test_default_run_resolves_to_the_measured_scheme_and_recipe():
+def test_default_run_resolves_to_the_documented_scheme_and_recipe():
     """`deepln pretrain`: 48 layers, FoundationLayerNorm in the α·s + LN(s) form, lr 2e-3 with 10 % warmup for 300
     steps (methods.md §5.1), bounded by the time limit."""
     a, recipe = resolve_pretrain_args(PretrainArgs())
@@ -37,7 +37,7 @@ def test_default_run_resolves_to_the_measured_scheme_and_recipe():
     assert config.residual_scheme.alpha(config) == 0.974
 
 
-def test_bert_main_job_resolves_to_the_measured_recipe():
+def test_bert_main_job_resolves_to_the_documented_recipe():
     """`deepln pretrain --preset bert-deep-small`: 48-layer Upscale-LN BERT, the paper's BERT scheme (with this recipe
     it learns as well as Pre-LN; FoundationLayerNorm's α·s + LN(s) diverges there), 60 % masking scored on held-out blocks masked at 15 %, no dropout, sinusoidal initial positions, a
     600-step schedule of lr 2e-3 with 10 % warmup that the time limit ends on a 2-core CPU."""
