@@ -23,7 +23,7 @@ def tiny_gpt_config(layers: int = 3, **overrides):
         max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, bos_token_id=0,
         eos_token_id=0,
     )  # fmt: skip
-    return load_preset("gpt-1k", **{**shape, **overrides})
+    return load_preset("gpt-1k", **{"residual_norm": "foundation_ln", **shape, **overrides})  # own scheme != peer's
 
 
 def _assert_normal(weight: torch.Tensor, std: float, name: str) -> None:
@@ -125,7 +125,7 @@ def test_contestants_label_equal_work_and_shortcuts_and_name_their_peer():
     }
     assert gpt["deepln pre_ln"].build().fused_lm_loss is False
     assert gpt["deepln pre_ln + fused LM head"].build().fused_lm_loss is True
-    bert_config = load_preset("bert-1k", num_hidden_layers=2, hidden_size=32, intermediate_size=64,
+    bert_config = load_preset("bert-1k", residual_norm="upscale_ln", num_hidden_layers=2, hidden_size=32, intermediate_size=64,
                               num_attention_heads=2, vocab_size=97, max_position_embeddings=64)  # fmt: skip
     bert = {c.name: c for c in contestants_for(bert_config, torchscale=False)}
     assert bert["deepln post_ln"].peer == "BertForMaskedLM" and bert["deepln post_ln"].work == EQUAL_WORK

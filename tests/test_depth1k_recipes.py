@@ -1,5 +1,5 @@
 """The 1,000-layer presets and their recipes resolve as the README section "1,000 layers" documents: by default the
-scheme and recipe measured to learn at 1,000 layers, the paper's recipe behind ``--recipe paper``, schedules defined
+scheme and recipe chosen by the 1,000-layer measurements (stable where the paper's form diverges), the paper's recipe behind ``--recipe paper``, schedules defined
 by steps (never by a wall-clock limit), and the GPU depth check's dry run."""
 
 from __future__ import annotations

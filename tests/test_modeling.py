@@ -467,7 +467,7 @@ def test_presets_are_listed_and_load_by_name_and_path():
 
 
 def test_bert_1k_preset_matches_paper():
-    """The paper's shape; the scheme is the one measured to learn at 1,000 layers (Pre-LN; the paper's Upscale LN is
+    """The paper's shape; the scheme is the one chosen by the 1,000-layer measurements (Pre-LN; the paper's Upscale LN is
     ``--recipe paper``, tests/test_depth1k_recipes.py)."""
     config = load_preset("bert-1k")
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (1000, 64, 2)

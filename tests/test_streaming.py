@@ -244,7 +244,7 @@ def test_streaming_resume_after_sigkill_continues_the_stream(tmp_path, paragraph
     ("extra", "message"),
     [
         (["--max-steps", "0"], "--streaming needs --max-steps N"),
-        ([], "--streaming needs --max-steps N"),
+        (["--recipe", "paper", "--precision", "fp32"], "--streaming needs --max-steps N"),  # a recipe of epochs
     ],
 )
 def test_streaming_needs_max_steps(tmp_path, capsys, paragraphs, extra, message):

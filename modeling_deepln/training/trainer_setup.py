@@ -147,7 +147,9 @@ def training_arguments(
         fp16=a.precision == "fp16",
         report_to=report_to(a.report_to),
         disable_tqdm=a.disable_tqdm,
-        use_cpu=resolve_use_cpu(a.use_cpu),
+        # bf16 without a CUDA GPU (e.g. a GPU recipe tried on a laptop) runs as CPU bf16 autocast, which
+        # TrainingArguments only accepts with use_cpu set.
+        use_cpu=resolve_use_cpu(a.use_cpu) or (a.precision == "bf16" and not torch.cuda.is_available()),
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available() and not resolve_use_cpu(a.use_cpu),
     )
