@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,8 +20,9 @@ import pandas as pd
 import pytest
 from datasets import Dataset, DatasetDict, load_dataset
 
+from conftest import kill_at_first_checkpoint, logged_losses as _losses
 from modeling_deepln.cli import main
-from modeling_deepln.training import last_complete_checkpoint
+
 from modeling_deepln.training.data import load_text_data, tokenize_and_group
 from modeling_deepln.training.streaming import (
     ResumableBlocks,
@@ -167,36 +164,6 @@ TINY = [
 ]  # fmt: skip
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    return env
-
-
-def _losses(state_file: Path) -> dict[int, float]:
-    history = json.loads(state_file.read_text())["log_history"]
-    return {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
-
-
-_SLOW_CHILD = """
-import sys, time, torch
-torch.set_num_threads(1)
-import modeling_deepln.model.layers_deepln as L
-_forward = L.DeepLNBlock.forward
-def forward(self, *args, **kwargs):
-    time.sleep(0.03)  # slows training only (no numerical effect), so the kill lands mid-run
-    return _forward(self, *args, **kwargs)
-L.DeepLNBlock.forward = forward
-from modeling_deepln.cli import main
-main(sys.argv[1:])
-"""
 
 
 def test_streaming_resume_after_sigkill_continues_the_stream(tmp_path, paragraphs, single_thread):
@@ -210,24 +177,7 @@ def test_streaming_resume_after_sigkill_continues_the_stream(tmp_path, paragraph
     assert sorted(expected) == list(range(1, 21))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_CHILD, *common, "--output-dir", str(killed)],
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while last_complete_checkpoint(killed) is None:
-            assert proc.poll() is None, "the run ended before writing a checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    assert not (killed / "eval_results.json").exists(), "the run finished before it was killed"
-    checkpoint = Path(last_complete_checkpoint(killed))
+    checkpoint = kill_at_first_checkpoint(common, killed)
     resumed_from = int(checkpoint.name.split("-")[1])
     assert 0 < resumed_from < 20
     saved = json.loads((checkpoint / "trainer_state.json").read_text())["stateful_callbacks"]["StreamPosition"]

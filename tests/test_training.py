@@ -11,10 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,6 +22,7 @@ import pytest
 import torch
 
 import modeling_deepln  # noqa: F401  (registers the Auto classes)
+from conftest import kill_at_first_checkpoint
 from modeling_deepln.cli import SUBCOMMANDS, build_parser, main
 from modeling_deepln.training import (
     PretrainArgs,
@@ -432,17 +429,6 @@ def test_nan_guard_skip_policy(capsys, tmp_path, text_file, monkeypatch):
 
 # ----------------------------------------------------------------------------------------------- resume after SIGKILL
 
-_SLOW_CHILD = """
-import sys, time
-import modeling_deepln.model.layers_deepln as L
-_forward = L.DeepLNBlock.forward
-def forward(self, *args, **kwargs):
-    time.sleep(0.03)  # slows training only (no numerical effect), so the kill lands mid-run
-    return _forward(self, *args, **kwargs)
-L.DeepLNBlock.forward = forward
-from modeling_deepln.cli import main
-main(sys.argv[1:])
-"""
 
 
 def test_resume_after_sigkill_reproduces_loss_curve(tmp_path, text_file):
@@ -454,24 +440,7 @@ def test_resume_after_sigkill_reproduces_loss_curve(tmp_path, text_file):
     assert sorted(expected) == list(range(1, 25))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_CHILD, *common, "--output-dir", str(killed)],
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while last_complete_checkpoint(killed) is None:
-            assert proc.poll() is None, "the run ended before writing a checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    assert not (killed / "eval_results.json").exists(), "the run finished before it was killed"
-    resumed_from = int(Path(last_complete_checkpoint(killed)).name.split("-")[1])
+    resumed_from = int(kill_at_first_checkpoint(common, killed).name.split("-")[1])
     assert resumed_from < 24
 
     main([*common, "--output-dir", str(killed), "--resume"])
