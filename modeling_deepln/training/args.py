@@ -99,6 +99,10 @@ class PretrainArgs:
     fused AdamW (``trainer_setup.TORCH_OPTIMIZER``)."""
     adam_beta2: float | None = None
     """Adam's β2 (default 0.999; DeepNet trains with 0.98)."""
+    block_lr_scale: float | str | None = None
+    """Learning-rate multiplier of the residual blocks' parameters (the embeddings, the final LayerNorm and the head
+    keep ``lr``): a positive number, or ``depth`` for 1/√N, N = number of layers (Depth-μP's Adam rule; what lets a
+    1,000-layer Pre-LN stack learn, README "1,000 layers"). Default 1: every parameter at ``lr``."""
     precision: str | None = None
     """``fp32``, ``bf16`` or ``fp16`` (mixed precision; fp16 needs a GPU)."""
     gradient_checkpointing: bool | None = None
@@ -276,6 +280,7 @@ BUILTIN_PRETRAIN_DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.01,
     "optim": "adamw_torch",
     "adam_beta2": 0.999,
+    "block_lr_scale": 1.0,
     "precision": "fp32",
     "gradient_checkpointing": False,
     "mlm_probability": 0.15,

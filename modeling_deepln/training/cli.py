@@ -91,6 +91,7 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     add_option(parser, docs, "--recipe", "recipe", metavar="NAME")
     add_model_shape_arguments(parser, docs)
     add_option(parser, docs, "--adam-beta2", "adam_beta2", type=float, metavar="B2")
+    add_option(parser, docs, "--block-lr-scale", "block_lr_scale", metavar="M|depth")
     add_option(parser, docs, "--intermediate-size", "intermediate_size", type=int, metavar="N")
     add_option(parser, docs, "--data", "data", nargs="+", metavar="DATA")
     add_option(parser, docs, "--text-column", "text_column", metavar="COL")

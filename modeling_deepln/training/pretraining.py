@@ -191,6 +191,7 @@ def plan_pretrain(args: PretrainArgs) -> PretrainRun:
         if family == "bert":
             check_probability(mlm_probability=a.mlm_probability, eval_mlm_probability=a.eval_mlm_probability)
         check_precision(a.precision, resolve_use_cpu(a.use_cpu))
+        check_block_lr_scale(a.block_lr_scale, config.num_hidden_layers)
         if a.seq_len > config.max_position_embeddings:
             config.max_position_embeddings = a.seq_len
         process_index, world = process_world(a.use_cpu)
@@ -201,6 +202,13 @@ def plan_pretrain(args: PretrainArgs) -> PretrainRun:
             clear_output_dir(output_dir)
         targs = training_arguments(a, output_dir=str(output_dir), world=world)
     return PretrainRun(a, recipe, config, family, output_dir, is_main, world, targs)
+
+
+def check_block_lr_scale(value: float | str | None, num_layers: int) -> None:
+    """A bad ``--block-lr-scale`` fails before any work (:func:`.depth_lr.block_lr_multiplier` says why)."""
+    from .depth_lr import block_lr_multiplier
+
+    block_lr_multiplier(value, num_layers)
 
 
 def check_streaming(a: PretrainArgs) -> None:
@@ -413,9 +421,10 @@ def mask_once(blocks: Any, tokenizer: Any, mlm_probability: float, seed: int) ->
 
 
 def build_lm_trainer(run: PretrainRun):
-    """Step 4: the ``Trainer`` with the MLM / CLM collator, the NaN guard, the time limit and ``extra_callbacks``.
+    """Step 4: the ``Trainer`` with the MLM / CLM collator, the NaN guard, the time limit and ``extra_callbacks``; the
+    residual blocks train at ``lr × block_lr_scale`` (:mod:`.depth_lr`).
     A masked LM is evaluated on the held-out blocks masked once (:func:`mask_once`)."""
-    from transformers import Trainer
+    from .depth_lr import BlockLRTrainer, block_lr_multiplier
 
     a = run.args
     collator = run.training_collator()
@@ -423,7 +432,8 @@ def build_lm_trainer(run: PretrainRun):
         eval_dataset = mask_once(run.eval_dataset, run.tokenizer, a.eval_mlm_probability, a.seed)
     else:
         eval_dataset = run.eval_dataset
-    run.trainer = Trainer(
+    run.trainer = BlockLRTrainer(
+        block_lr_multiplier=block_lr_multiplier(a.block_lr_scale, run.config.num_hidden_layers),
         model=run.model,
         args=run.training_args,
         train_dataset=run.train_dataset,

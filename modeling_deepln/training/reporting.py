@@ -63,6 +63,7 @@ def report_pretraining(run: Any, metrics: dict[str, float], tokens: int) -> None
             "learning rate": f"{a.lr} ({a.lr_schedule}, warmup {a.warmup_ratio}, min lr {a.min_lr})",
             "weight decay": 0.0 if a.optim == "adam" else a.weight_decay,
             "optimizer": a.optim,
+            **block_lr_note(a.block_lr_scale, config.num_hidden_layers),
             "precision": a.precision,
             "seed": a.seed,
             "tokens": tokens,
@@ -77,6 +78,16 @@ def report_pretraining(run: Any, metrics: dict[str, float], tokens: int) -> None
         flush=True,
     )
     print_benchmark_rows(run, metrics)
+
+
+def block_lr_note(block_lr_scale: float | str | None, num_layers: int) -> dict[str, str]:
+    """The card's line for a ``--block-lr-scale`` other than 1 (none for 1)."""
+    from .depth_lr import block_lr_multiplier
+
+    multiplier = block_lr_multiplier(block_lr_scale, num_layers)
+    if multiplier == 1.0:
+        return {}
+    return {"residual blocks' learning rate": f"lr x {multiplier:.4g} (block_lr_scale={block_lr_scale})"}
 
 
 def load_benchmarks(preset: str) -> dict[str, Any]:
