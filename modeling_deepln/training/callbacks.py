@@ -6,8 +6,9 @@
 * :func:`last_complete_checkpoint`: the newest checkpoint that was completely written (a SIGKILL can leave a
   partial one behind).
 
-The guard records its evidence as device tensors (no host synchronisation per layer), so that a 1,000-layer model on
-a GPU keeps its launch queue full; it reads them back once per optimizer step.
+The guard reads back one fused gradient norm and the loss per optimizer step (no host synchronisation per layer,
+no per-layer hooks), so that a 1,000-layer model keeps its launch queue full; it looks for the layer where a
+non-finite step started only when there is one.
 """
 
 from __future__ import annotations
@@ -111,16 +112,18 @@ def _layer_of(param_name: str) -> str:
 class NonFiniteGuard(TrainerCallback):
     """Stop (``policy="stop"``) or skip the optimizer step (``"skip"``) when the loss or a gradient is NaN/inf.
 
-    :meth:`attach` installs forward hooks on every transformer block, its attention and feed-forward residual
-    connections (:data:`SUBLAYER_NAMES`), and on the embeddings and LayerNorms outside
-    the blocks (not on the heads: the loss covers them). Each hook stores ``isfinite(output).all()`` as a device
-    tensor, in forward order. Before each optimizer step the guard stacks those flags, the loss's and the
-    per-parameter gradient norms (``torch._foreach_norm``, one fused call) and reads them back once; when something
-    is non-finite, the message names the step, the first module (in forward order) with non-finite activations and
-    the first layer *in backward order* (the last in model order) with a non-finite gradient: a blow-up in backward
-    spreads from there down to the embeddings. Gradients are not checked with fp16, whose loss scaler skips inf
-    steps itself (so ``skip`` leaves those steps to the scaler). Raising keeps the last good checkpoint, since
-    nothing is saved after the bad step.
+    Each training step costs one fused norm over the gradients (``torch._foreach_norm``) and one read-back: the
+    loss (kept by a hook on the model) and the gradient norms decide. :meth:`attach` also keeps a reference to the
+    inputs of the model's last training forward. Only when a step is non-finite does the guard find where it
+    started: it replays that forward without gradients, with hooks on every transformer block, its attention and
+    feed-forward residual connections (:data:`SUBLAYER_NAMES`) and the embeddings and LayerNorms outside the
+    blocks, and names the first module (in forward order) whose output is non-finite, and the first layer *in
+    backward order* (the last in model order) with a non-finite gradient: a blow-up in backward spreads from there
+    down to the embeddings. (Watching every module on every step cost a 1,000-layer model about a quarter of its
+    step time on a CPU; the replay costs one forward, once.) With gradient accumulation the replay is the step's
+    last micro-batch. Gradients are not checked with fp16, whose loss scaler skips inf steps itself (so ``skip``
+    leaves those steps to the scaler). Raising keeps the last good checkpoint, since nothing is saved after the bad
+    step.
     """
 
     def __init__(self, policy: str = "stop", check_gradients: bool = True, output_dir: str | None = None):
@@ -130,30 +133,16 @@ class NonFiniteGuard(TrainerCallback):
         self.check_gradients = check_gradients
         self.output_dir = output_dir
         self.skipped_steps: list[int] = []
+        self._model: torch.nn.Module | None = None
         self._handles: list[Any] = []
         self._params: list[tuple[str, torch.nn.Parameter]] = []
-        self._activation_flags: list[tuple[str, str, torch.Tensor]] = []
+        self._last_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self._loss_flags: list[torch.Tensor] = []
 
     def attach(self, model: torch.nn.Module) -> "NonFiniteGuard":
-        from ..model.layers_deepln import DeepLNBlock
-        from ..model.residual_deepln import ResidualConnection
-
         self.detach()
-        blocks = {name for name, module in model.named_modules() if isinstance(module, DeepLNBlock)}
-
-        def inside_block(name: str) -> bool:
-            parts = name.split(".")
-            return any(".".join(parts[:i]) in blocks for i in range(1, len(parts)))
-
-        for name, module in model.named_modules():
-            if not name:
-                continue
-            outer = isinstance(module, (torch.nn.Embedding, torch.nn.LayerNorm)) and not inside_block(name)
-            sublayer = SUBLAYER_NAMES.get(name.rsplit(".", 1)[-1]) if isinstance(module, ResidualConnection) else None
-            if isinstance(module, DeepLNBlock) or outer or sublayer:
-                kind = sublayer or type(module).__name__
-                self._handles.append(module.register_forward_hook(self._activation_hook(name, kind)))
+        self._model = model
+        self._handles.append(model.register_forward_pre_hook(self._inputs_hook, with_kwargs=True))
         self._handles.append(model.register_forward_hook(self._loss_hook))
         self._params = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
         return self
@@ -163,45 +152,84 @@ class NonFiniteGuard(TrainerCallback):
             handle.remove()
         self._handles = []
 
-    def _activation_hook(self, name: str, kind: str):
-        def hook(module, inputs, output):
-            tensor = _first_tensor(output)
-            if module.training and tensor is not None and tensor.is_floating_point():
-                self._activation_flags.append((name, kind, torch.isfinite(tensor.detach()).all()))
-
-        return hook
+    def _inputs_hook(self, module, args, kwargs):
+        if module.training and torch.is_grad_enabled():
+            self._last_inputs = (args, kwargs)
 
     def _loss_hook(self, module, inputs, output):
         loss = getattr(output, "loss", None)
         if module.training and isinstance(loss, torch.Tensor):
             self._loss_flags.append(loss.detach().float().reshape(-1)[:1])
 
-    def _evidence(self) -> tuple[bool, float | None, tuple[str, str] | None, str | None]:
-        """(non-finite?, the non-finite loss, first bad activation module, first bad gradient parameter), read back
-        once."""
+    def _watched_modules(self) -> list[tuple[str, str, torch.nn.Module]]:
+        """(name, kind, module) of the blocks, their residual connections and the outer embeddings/LayerNorms."""
+        from ..model.layers_deepln import DeepLNBlock
+        from ..model.residual_deepln import ResidualConnection
+
+        model = self._model
+        blocks = {name for name, module in model.named_modules() if isinstance(module, DeepLNBlock)}
+
+        def inside_block(name: str) -> bool:
+            parts = name.split(".")
+            return any(".".join(parts[:i]) in blocks for i in range(1, len(parts)))
+
+        watched = []
+        for name, module in model.named_modules():
+            if not name:
+                continue
+            outer = isinstance(module, (torch.nn.Embedding, torch.nn.LayerNorm)) and not inside_block(name)
+            sublayer = SUBLAYER_NAMES.get(name.rsplit(".", 1)[-1]) if isinstance(module, ResidualConnection) else None
+            if isinstance(module, DeepLNBlock) or outer or sublayer:
+                watched.append((name, sublayer or type(module).__name__, module))
+        return watched
+
+    @torch.no_grad()
+    def first_non_finite_module(self) -> tuple[str, str] | None:
+        """Replay the last training forward with a hook on every watched module; the first (in forward order) whose
+        output is non-finite, as (name, kind), or ``None``. Every process must call it (a sharded model's forward
+        is collective)."""
+        if self._model is None or self._last_inputs is None:
+            return None
+        flags: list[tuple[str, str, torch.Tensor]] = []
+
+        def hook_for(name: str, kind: str):
+            def hook(module, inputs, output):
+                tensor = _first_tensor(output)
+                if tensor is not None and tensor.is_floating_point():
+                    flags.append((name, kind, torch.isfinite(tensor).all()))
+
+            return hook
+
+        handles = [module.register_forward_hook(hook_for(name, kind)) for name, kind, module in self._watched_modules()]
+        args, kwargs = self._last_inputs
+        try:
+            self._model(*args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._loss_flags = []
+        if not flags:
+            return None
+        ok = torch.stack([flag for *_, flag in flags]).cpu()
+        return flags[int((~ok).nonzero()[0])][:2] if (~ok).any() else None
+
+    def _evidence(self) -> tuple[bool, float | None, str | None]:
+        """(non-finite?, the non-finite loss, first bad gradient parameter in backward order), read back once."""
         losses = torch.cat(self._loss_flags) if self._loss_flags else torch.zeros(0)
         grads = [param.grad for _, param in self._params] if self.check_gradients else []
         present = [i for i, grad in enumerate(grads) if grad is not None]
         norms = torch._foreach_norm([grads[i] for i in present]) if present else []
         device = losses.device
         no_flags = torch.ones(0, dtype=torch.bool, device=device)
-        flags = [flag.to(device) for *_, flag in self._activation_flags]
-        activation_ok = torch.stack(flags) if flags else no_flags
         grad_ok = torch.stack([norm.to(device) for norm in norms]).isfinite() if norms else no_flags
         losses_ok = losses.isfinite()
-        # Only the loss and the gradients decide; activations say where it started. (Non-finite values that never
-        # reach the loss, e.g. at fully masked padding positions, are not an error.)
+        # Only the loss and the gradients decide. (Non-finite values that never reach the loss, e.g. at fully masked
+        # padding positions, are not an error.)
         if bool(torch.cat([losses_ok, grad_ok]).all()):
-            return False, None, None, None
+            return False, None, None
         bad_loss = float(losses[~losses_ok][0]) if (~losses_ok).any() else None
-        bad_module = None
-        if (~activation_ok).any():
-            first = int((~activation_ok).nonzero()[0])
-            bad_module = self._activation_flags[first][:2]
-        bad_grad = None  # only meaningful when the forward pass was finite (else everything above is NaN too)
-        if bad_module is None and (~grad_ok).any():
-            bad_grad = self._params[present[int((~grad_ok).nonzero()[-1])]][0]
-        return True, bad_loss, bad_module, bad_grad
+        bad_grad = self._params[present[int((~grad_ok).nonzero()[-1])]][0] if (~grad_ok).any() else None
+        return True, bad_loss, bad_grad
 
     def describe(
         self, step: int, bad_loss: float | None, bad_module: tuple[str, str] | None, bad_grad: str | None
@@ -223,10 +251,15 @@ class NonFiniteGuard(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         step = state.global_step + 1
-        non_finite, bad_loss, bad_module, bad_grad = self._evidence()
-        self._activation_flags, self._loss_flags = [], []
+        non_finite, bad_loss, bad_grad = self._evidence()
+        self._loss_flags = []
         if not distributed_any(non_finite):
+            self._last_inputs = None
             return control
+        bad_module = self.first_non_finite_module()  # every process replays (a sharded forward is collective)
+        self._last_inputs = None
+        if bad_module is not None:
+            bad_grad = None  # the forward was non-finite already: every gradient below it is NaN too
         message = self.describe(step, bad_loss, bad_module, bad_grad)
         if self.policy == "skip":
             if self.check_gradients:  # fp16: the loss scaler skips the step itself and needs the gradients
@@ -245,8 +278,8 @@ class NonFiniteGuard(TrainerCallback):
         raise NonFiniteError(message)
 
     def on_evaluate(self, args, state, control, **kwargs):
-        self._activation_flags, self._loss_flags = [], []
+        self._loss_flags = []
 
     def on_train_end(self, args, state, control, **kwargs):
         self.detach()
-        self._activation_flags, self._loss_flags = [], []
+        self._loss_flags, self._last_inputs = [], None
