@@ -373,13 +373,17 @@ def test_depth_1000_mode_runs_with_a_few_layers_standing_in(tmp_path, monkeypatc
           "--monitor-every", "3", "--output-dir", str(tmp_path)])  # fmt: skip
     out = capsys.readouterr().out
     table = (tmp_path / "stability.md").read_text()
-    schemes = cli.DEPTH_1000["schemes"]
-    assert len(table.strip().splitlines()) == 2 + len(schemes)
+    schemes, scales = cli.DEPTH_1000["schemes"], cli.DEPTH_1000["block_lr_scales"]
+    assert set(scales) == {"1", "depth"}  # every scheme with every parameter at lr, and with the blocks at lr/√N
+    runs = len(schemes) * len(scales)
+    assert len(table.strip().splitlines()) == 2 + runs
     for scheme in schemes:
-        row = next(line for line in table.splitlines() if f"| {scheme} |" in line)
-        assert any(f"| {mode} |" in row for mode in ("diverged", "stalled", "collapsed", "learning")), row
+        for scale in scales:
+            row = next(line for line in table.splitlines() if f"| {scheme} | {scale} |" in line)
+            assert any(f"| {mode} |" in row for mode in ("diverged", "stalled", "collapsed", "learning")), row
         assert f"{scheme.replace(':', '+')}-L3-lr0.002-w0.1 step 3/6: loss" in out
-    assert "grid" in out and "left" in out and f"{len(schemes)}/{len(schemes)} runs" in out
+        assert f"{scheme.replace(':', '+')}-L3-lr0.002-w0.1-blocksdepth step 3/6: loss" in out
+    assert "grid" in out and "left" in out and f"{runs}/{runs} runs" in out
     for quantity in ("grad_norm", "position_cosine"):
         assert (tmp_path / f"heatmaps_{quantity}.png").stat().st_size > 0
     assert (tmp_path / "runs" / "gpt-pre_ln-L3-lr0.002-w0.1" / "monitor_heatmaps.png").is_file()

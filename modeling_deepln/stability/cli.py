@@ -18,7 +18,7 @@ from ..commands import Subcommand, csv_list
 
 __all__ = ["SUBCOMMANDS", "TABLE_COLUMNS"]
 
-TABLE_COLUMNS = ("family", "scheme", "depth", "lr", "warmup", "steps", "eval_loss", "unigram_loss", "gap", "cosine",
+TABLE_COLUMNS = ("family", "scheme", "block_lr", "depth", "lr", "warmup", "steps", "eval_loss", "unigram_loss", "gap", "cosine",
                  "mode", "mode_step", "update_first", "update_last", "seconds", "cpu_seconds")  # fmt: skip
 """Columns of ``stability.csv`` / ``stability.md``."""
 
@@ -29,10 +29,11 @@ WIDE = {"depths": (6, 24, 48, 100, 200, 1000), "lrs": (5e-4, 2e-3), "warmups": (
 DEPTH_1000 = {"families": ("gpt", "bert"), "schemes": ("post_ln", "pre_ln", "deepnorm", "upscale_ln", "foundation_ln:ln",
                                                        "foundation_ln:alpha_plus_ln",
                                                        "foundation_ln:alpha_plus_ln:final_ln", "normformer"),
-              "depths": (1000,), "steps": 200, "hidden_size": 32, "num_heads": 2, "seq_len": 64, "batch_size": 8,
+              "block_lr_scales": ("1", "depth"), "depths": (1000,), "steps": 200, "hidden_size": 32, "num_heads": 2, "seq_len": 64, "batch_size": 8,
               "eval_blocks": 64, "monitor_every": 20, "early_steps": 3, "progress_every": 20, "heatmaps": True}  # fmt: skip
 """``--depth-1000``: every scheme at 1,000 layers, both families, narrow enough for a 2-core CPU (hidden 32,
-2 heads, 8 × 64 tokens a step); the α·s + LN(s) form with and without its final LayerNorm. Flags given next to it
+2 heads, 8 × 64 tokens a step); the α·s + LN(s) form with and without its final LayerNorm; each with every
+parameter at the learning rate and with the residual blocks at lr/√N (``--block-lr-scale depth``). Flags given next to it
 still win (e.g. ``--families gpt --steps 100``)."""
 
 
@@ -54,6 +55,9 @@ def add_stability_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depths", type=_ints, default=s, help="Comma-separated layer counts (default 6,12).")
     parser.add_argument("--lrs", type=_floats, default=s, help="Comma-separated peak learning rates (default 2e-3).")
     parser.add_argument("--warmups", type=_floats, default=s, help="Comma-separated warmup ratios (default 0.1).")
+    parser.add_argument("--block-lr-scales", type=lambda v: tuple(csv_list(v)), default=s,
+                        help="Comma-separated learning-rate multipliers of the residual blocks, each a number or "
+                        "'depth' (1/sqrt(layers)), as deepln pretrain --block-lr-scale (default 1).")  # fmt: skip
     for flag, kind in (("steps", int), ("hidden-size", int), ("num-heads", int), ("seq-len", int),
                        ("batch-size", int), ("vocab-size", int), ("eval-blocks", int), ("monitor-every", int),
                        ("early-steps", int), ("margin", float), ("seed", int), ("max-minutes", float),
@@ -92,6 +96,10 @@ def _settings(values: dict):
     for name in ("steps", "hidden_size", "num_heads", "seq_len", "batch_size", "vocab_size", "monitor_every"):
         if getattr(settings, name) <= 0:
             raise DeepLNInputError(f"--{name.replace('_', '-')} must be positive, got {getattr(settings, name)}.")
+    from ..training.depth_lr import block_lr_multiplier
+
+    for scale in settings.block_lr_scales:
+        block_lr_multiplier(scale, max(settings.depths))
     if settings.hidden_size % settings.num_heads:
         raise DeepLNInputError(f"--hidden-size {settings.hidden_size} is not a multiple of --num-heads.")
     return settings
@@ -101,7 +109,14 @@ def run_stability(ns: argparse.Namespace) -> int:
     import torch
 
     from .grid import run_grid
-    from .report import markdown_table, plot_early_updates, plot_grid_heatmaps, plot_loss_vs_depth, write_table
+    from .report import (
+        markdown_table,
+        plot_early_updates,
+        plot_grid_heatmaps,
+        plot_loss_vs_depth,
+        run_label,
+        write_table,
+    )
 
     values = dict(vars(ns))
     output_dir = Path(values.pop("output_dir") or f"runs/stability-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -118,7 +133,7 @@ def run_stability(ns: argparse.Namespace) -> int:
         csv_path, _ = write_table(rows, TABLE_COLUMNS, output_dir / "stability")
         plot_loss_vs_depth(rows, output_dir / "loss_vs_depth.png")
         deepest = max(settings.depths)
-        early = [{"label": f"{r['family']} {r['scheme']} L{r['depth']}", **r["_early"]} for r in rows
+        early = [{"label": f"{r['family']} {run_label(r)} L{r['depth']}", **r["_early"]} for r in rows
                  if r["depth"] == deepest and r["lr"] == settings.lrs[0] and r["warmup"] == settings.warmups[0]]
         plot_early_updates(early, output_dir / "early_updates.png")
         if settings.heatmaps:

@@ -61,6 +61,8 @@ class GridSettings:
     depths: tuple[int, ...] = (6, 12)
     lrs: tuple[float, ...] = (2e-3,)
     warmups: tuple[float, ...] = (0.1,)
+    block_lr_scales: tuple[str, ...] = ("1",)
+    """Learning-rate multipliers of the residual blocks (``"depth"``: 1/√N), as ``deepln pretrain --block-lr-scale``."""
     steps: int = 100
     hidden_size: int = 64
     num_heads: int = 2
@@ -85,10 +87,12 @@ class Cell:
     depth: int
     lr: float
     warmup: float
+    block_lr: str = "1"
 
     @property
     def name(self) -> str:
-        return f"{self.family}-{self.scheme.replace(':', '+')}-L{self.depth}-lr{self.lr:g}-w{self.warmup:g}"
+        blocks = "" if self.block_lr == "1" else f"-blocks{self.block_lr}"
+        return f"{self.family}-{self.scheme.replace(':', '+')}-L{self.depth}-lr{self.lr:g}-w{self.warmup:g}{blocks}"
 
 
 @dataclass
@@ -361,9 +365,10 @@ def train_cell(
     cell: Cell, data: GridData, settings: GridSettings, output_dir: Path, progress: GridProgress | None = None
 ) -> dict[str, Any]:
     """Train one cell with ``Trainer`` + :class:`LayerMonitor`; return its table row (and the monitor records)."""
-    from transformers import PrinterCallback, Trainer
+    from transformers import PrinterCallback
     from transformers.utils import logging as hf_logging
 
+    from ..training.depth_lr import BlockLRTrainer, block_lr_multiplier
     from .monitor import LayerMonitor
 
     start, cpu_start = time.monotonic(), time.process_time()
@@ -375,7 +380,8 @@ def train_cell(
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        trainer = Trainer(model=model, args=_training_arguments(cell, settings, output_dir / cell.name),
+        trainer = BlockLRTrainer(model=model, args=_training_arguments(cell, settings, output_dir / cell.name),
+                                 block_lr_multiplier=block_lr_multiplier(cell.block_lr, cell.depth),
                           train_dataset=_Blocks(data.train_blocks), data_collator=collator(cell.family, data.tokenizer),
                           callbacks=callbacks)  # fmt: skip
         trainer.remove_callback(PrinterCallback)  # the table's progress line replaces per-step log dicts
@@ -390,6 +396,7 @@ def train_cell(
     first, final = early_update(monitor, 0, settings.early_steps), early_update(monitor, cell.depth - 1, settings.early_steps)
     return {
         "family": cell.family, "scheme": cell.scheme, "depth": cell.depth, "lr": cell.lr, "warmup": cell.warmup,
+        "block_lr": cell.block_lr,
         "steps": settings.steps, "eval_loss": eval_loss, "unigram_loss": data.unigram_loss,
         "gap": eval_loss - data.unigram_loss, "cosine": cosine, "mode": mode, "mode_step": step,
         "update_first": first, "update_last": final, "seconds": time.monotonic() - start,
@@ -422,8 +429,9 @@ def early_update_profile(monitor: Any, early_steps: int) -> dict[str, Any]:
 
 def grid_cells(settings: GridSettings, family: str) -> list[Cell]:
     """The cells of one family, in table order (scheme, depth, lr, warmup)."""
-    return [Cell(family, scheme, depth, lr, warmup) for scheme in settings.schemes for depth in settings.depths
-            for lr in settings.lrs for warmup in settings.warmups]  # fmt: skip
+    return [Cell(family, scheme, depth, lr, warmup, block_lr) for scheme in settings.schemes
+            for block_lr in settings.block_lr_scales for depth in settings.depths for lr in settings.lrs
+            for warmup in settings.warmups]  # fmt: skip
 
 
 def run_grid(

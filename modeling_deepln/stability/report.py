@@ -98,6 +98,12 @@ def write_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], stem: st
     return csv_path, md_path
 
 
+def run_label(row: dict[str, Any]) -> str:
+    """A row's scheme, with its blocks' learning-rate multiplier when it is not 1 (``pre_ln, blocks lr×depth``)."""
+    block_lr = str(row.get("block_lr", "1"))
+    return row["scheme"] if block_lr == "1" else f"{row['scheme']}, blocks lr×{block_lr}"
+
+
 def plot_loss_vs_depth(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Final held-out loss against depth: one panel per (family, lr, warmup), one line per scheme, the unigram
     loss dashed; diverged runs are drawn at the top of the panel as crosses."""
@@ -108,8 +114,8 @@ def plot_loss_vs_depth(rows: Sequence[dict[str, Any]], path: str | Path) -> Path
         panel = [r for r in rows if (r["family"], r["lr"], r["warmup"]) == (family, lr, warmup)]
         finite = [r["eval_loss"] for r in panel if math.isfinite(r["eval_loss"])]
         top = max(finite + [r["unigram_loss"] for r in panel]) + 0.5 if finite else 10.0
-        for scheme in dict.fromkeys(r["scheme"] for r in panel):
-            points = sorted((r["depth"], r["eval_loss"]) for r in panel if r["scheme"] == scheme)
+        for scheme in dict.fromkeys(run_label(r) for r in panel):
+            points = sorted((r["depth"], r["eval_loss"]) for r in panel if run_label(r) == scheme)
             depths = [d for d, _ in points]
             losses = [loss if math.isfinite(loss) else top for _, loss in points]
             line, = axis.plot(depths, losses, "o-", label=scheme, markersize=4)
@@ -170,7 +176,7 @@ def plot_grid_heatmaps(rows: Sequence[dict[str, Any]], quantity: str, path: str 
     figure, axes = plt.subplots(lines, columns, figsize=(3.3 * columns, 3.0 * lines), dpi=100, squeeze=False)
     for axis, row in zip(axes.flat, rows):
         records, sublayers = row["_monitor"]["records"], row["_monitor"]["sublayers"]
-        axis.set_title(f"{row['family']} {row['scheme']}\n{row['mode']} (loss {row['eval_loss']:.2f})", fontsize=8)
+        axis.set_title(f"{row['family']} {run_label(row)}\n{row['mode']} (loss {row['eval_loss']:.2f})", fontsize=8)
         if not records:
             axis.set_axis_off()
             continue
