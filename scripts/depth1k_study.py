@@ -28,6 +28,7 @@ from transformers import get_scheduler, set_seed
 import modeling_deepln  # noqa: F401  (registers the Auto classes)
 from modeling_deepln import load_preset
 from modeling_deepln.training import PretrainArgs
+from modeling_deepln.training.depth_lr import block_lr_multiplier, split_block_learning_rates
 from modeling_deepln.training.metrics import masked_unigram_perplexity, unigram_perplexity
 from modeling_deepln.training.pretraining import (
     MaskedLMCollator,
@@ -51,6 +52,10 @@ p.add_argument("--schedule", default="constant", choices=("linear", "cosine", "c
 p.add_argument("--schedule-steps", type=int, default=0, help="steps of the schedule (default --steps)")
 p.add_argument("--warmup", type=float, default=0.1)
 p.add_argument("--beta2", type=float, default=0.999)
+p.add_argument("--diag", action="store_true",
+               help="at each evaluation also print, at layers 0, 10, 100, N/2 and N, the norm of the stream's part shared "
+                    "by all positions (|mean over positions|) and of the part that tells them apart (mean |h - mean|)")
+p.add_argument("--block-lr-scale", default="1", help="the residual blocks at lr x this ('depth': 1/sqrt(layers))")
 p.add_argument("--wd", type=float, default=0.01)
 p.add_argument("--batch", type=int, default=8)
 p.add_argument("--seq", type=int, default=64)
@@ -71,8 +76,9 @@ def print_table(path: str) -> None:
     for line in Path(path).read_text().splitlines():
         r = json.loads(line)
         curve = ", ".join(f"{k}: {loss:.2f}" for k, loss in r["curve"])
+        blocks = r.get("block_lr_scale", "1")
         print(f"| {r['family'].upper()} | `{r['name']}`{': ' + r['status'] if r['status'] != 'ok' else ''} | "
-              f"{r['lr']:g}, {r['schedule']} | {curve} ({r['unigram']:.2f}) | {r['ppl_ratio']:.2f}x | "
+              f"{r['lr']:g}{'' if blocks == '1' else f' (blocks x {blocks})'}, {r['schedule']} | {curve} ({r['unigram']:.2f}) | {r['ppl_ratio']:.2f}x | "
               f"{'–' if r['cpu_s_per_step'] is None else format(r['cpu_s_per_step'], '.1f')} |")
 
 
@@ -133,10 +139,23 @@ def evaluate() -> float:
     return total / count
 
 
+@torch.no_grad()
+def stream_parts(batch) -> str:
+    """Shared vs position-specific part of the residual stream of the first held-out block (``--diag``)."""
+    hidden = base(input_ids=batch["input_ids"][:1], output_hidden_states=True).hidden_states
+    parts = []
+    for layer in sorted({min(k, len(hidden) - 1) for k in (0, 10, 100, a.layers // 2, a.layers)}):
+        h = hidden[layer][0]
+        shared = h.mean(0)
+        parts.append(f"L{layer} shared {float(shared.norm()):.3g} apart {float((h - shared).norm(dim=-1).mean()):.3g}")
+    return "; ".join(parts)
+
+
 decay = [q for q in model.parameters() if q.ndim >= 2]
 no_decay = [q for q in model.parameters() if q.ndim < 2]
 groups = [{"params": decay, "weight_decay": a.wd}, {"params": no_decay, "weight_decay": 0.0}]
 opt = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, a.beta2), fused=True)
+split_block_learning_rates(opt, model, block_lr_multiplier(a.block_lr_scale, a.layers))
 total_steps = a.schedule_steps or a.steps
 sched = get_scheduler(a.schedule if a.schedule != "constant" else "constant_with_warmup", opt,
                       num_warmup_steps=round(a.warmup * total_steps), num_training_steps=total_steps)
@@ -162,14 +181,14 @@ try:
             curve.append((step, evaluate()))
             cpu = time.process_time() - cpu0
             print(f"{a.name} step {step}: held-out {curve[-1][1]:.3f} (unigram {uni:.3f}), train {loss:.3f}, "
-                  f"grad norm {grad_norm:.3g}, {cpu / step:.2f} CPU-s/step, {(time.monotonic() - wall0) / step:.2f} s/step",
-                  flush=True)
+                  f"grad norm {grad_norm:.3g}, {cpu / step:.2f} CPU-s/step, {(time.monotonic() - wall0) / step:.2f} s/step"
+                  + (f" | {stream_parts(next(eval_batches()))}" if a.diag else ""), flush=True)
 except KeyboardInterrupt:
     status = f"stopped after step {len(train_losses)}"
 steps_done = len(train_losses)
 cpu = time.process_time() - cpu0
 row = dict(family=a.family, name=a.name, layers=a.layers, hidden=a.hidden, heads=a.heads, batch=a.batch, seq=a.seq,
-           lr=a.lr, schedule=a.schedule, schedule_steps=total_steps, warmup=a.warmup, beta2=a.beta2, wd=a.wd,
+           lr=a.lr, block_lr_scale=a.block_lr_scale, schedule=a.schedule, schedule_steps=total_steps, warmup=a.warmup, beta2=a.beta2, wd=a.wd,
            mask=a.mask if a.family == "bert" else None, config=over, final_ln=a.final_ln, seed=a.seed, status=status,
            steps=steps_done, unigram=uni, curve=curve, final=curve[-1][1], gap=uni - curve[-1][1],
            ppl_ratio=math.exp(curve[-1][1] - uni), cpu_s_per_step=cpu / max(steps_done, 1),
