@@ -132,6 +132,33 @@ def test_nan_guard_names_the_sublayer():
         guard.on_pre_optimizer_step(None, state, None)
 
 
+def test_nan_guard_keeps_no_hooks_and_replays_the_bad_step_under_its_mixed_precision():
+    """A normal step leaves no hook on any layer (the guard watches the loss and one fused gradient norm); a bad
+    step is replayed, once, with the step's inputs and under its autocast, to name where it started."""
+    from modeling_deepln.training.callbacks import NonFiniteError, NonFiniteGuard
+
+    model = tiny_gpt("pre_ln")
+    guard = NonFiniteGuard(policy="stop").attach(model)
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in model.transformer.modules())
+    seen = []
+    model.transformer.layers[2].register_forward_hook(
+        lambda module, inputs, output: seen.append((torch.is_autocast_enabled("cpu"), tuple(inputs[0].shape))))
+    ids = torch.randint(0, 40, (2, 6), generator=torch.Generator().manual_seed(3))
+    state = SimpleNamespace(global_step=4, is_world_process_zero=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(ids, labels=ids).loss.backward()
+    guard.on_pre_optimizer_step(None, state, None)  # finite: no replay
+    assert len(seen) == 1
+    model.zero_grad()
+    with torch.no_grad():
+        model.transformer.layers[2].mlp.fc2.bias.fill_(float("inf"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(ids[:1], labels=ids[:1]).loss.backward()
+    with pytest.raises(NonFiniteError, match=r"step 5 .*transformer\.layers\.2\.mlp_residual"):
+        guard.on_pre_optimizer_step(None, state, None)
+    assert seen[1:] == [(True, (1, 6, 16)), (True, (1, 6, 16))]  # the bad step, then its replay: same inputs, bf16
+
+
 # ------------------------------------------------------------------------------------------------ the grid
 
 

@@ -136,7 +136,7 @@ class NonFiniteGuard(TrainerCallback):
         self._model: torch.nn.Module | None = None
         self._handles: list[Any] = []
         self._params: list[tuple[str, torch.nn.Parameter]] = []
-        self._last_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self._last_inputs: tuple[tuple[Any, ...], dict[str, Any], tuple[str, torch.dtype] | None] | None = None
         self._loss_flags: list[torch.Tensor] = []
 
     def attach(self, model: torch.nn.Module) -> "NonFiniteGuard":
@@ -154,7 +154,9 @@ class NonFiniteGuard(TrainerCallback):
 
     def _inputs_hook(self, module, args, kwargs):
         if module.training and torch.is_grad_enabled():
-            self._last_inputs = (args, kwargs)
+            autocast = next(((device, torch.get_autocast_dtype(device)) for device in ("cuda", "cpu")
+                             if torch.is_autocast_enabled(device)), None)  # fmt: skip
+            self._last_inputs = (args, kwargs, autocast)
 
     def _loss_hook(self, module, inputs, output):
         loss = getattr(output, "loss", None)
@@ -201,9 +203,11 @@ class NonFiniteGuard(TrainerCallback):
             return hook
 
         handles = [module.register_forward_hook(hook_for(name, kind)) for name, kind, module in self._watched_modules()]
-        args, kwargs = self._last_inputs
+        args, kwargs, autocast = self._last_inputs  # replayed under the step's mixed precision, if any
         try:
-            self._model(*args, **kwargs)
+            with torch.autocast(autocast[0] if autocast else "cpu", dtype=autocast[1] if autocast else None,
+                                enabled=autocast is not None):  # fmt: skip
+                self._model(*args, **kwargs)
         finally:
             for handle in handles:
                 handle.remove()
