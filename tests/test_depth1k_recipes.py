@@ -29,18 +29,19 @@ def resolve(argv: list[str]):
 
 @pytest.mark.parametrize(
     "preset,lr,min_lr,steps",
-    [("gpt-1k", 1e-3, 1e-4, None), ("bert-1k", 1e-3, 1e-4, None), ("gpt-1k-cpu", 2e-3, 2e-4, 400),
-     ("bert-1k-cpu", 2e-3, 2e-4, 400)],
+    [("gpt-1k", 1e-3, 1e-4, None), ("bert-1k", 1e-3, 1e-4, None), ("gpt-1k-cpu", 2e-3, 2e-4, 300),
+     ("bert-1k-cpu", 2e-3, 2e-4, 300)],
 )
 def test_default_recipe_resolves_as_documented(preset, lr, min_lr, steps):
     """The README's "1,000 layers" recipes: Pre-LN with GPT-2's σ/√(2N) output init and a final LayerNorm, 1,000
-    layers, cosine decay with 5 % warmup over max_steps, fused AdamW; no time limit. The CPU presets run the schedule
-    of the measured 1,000-layer CPU runs (lr 2e-3, 400 steps)."""
+    layers, the residual blocks at lr/√N, cosine decay with 5 % warmup over max_steps, fused AdamW; no time limit.
+    The CPU presets run the schedule of the measured 1,000-layer CPU runs (lr 2e-3, 300 steps)."""
     a, config = resolve(["--preset", preset])
     assert (config.num_hidden_layers, config.residual_norm, config.scale_output_init) == (1000, "pre_ln", True)
     assert config.final_layer_norm is True
     assert (a.lr, a.lr_schedule, a.min_lr, a.warmup_ratio, a.optim) == (lr, "cosine", min_lr, 0.05, "adamw_torch_fused")
     assert a.max_steps > 0 and a.max_minutes is None
+    assert a.block_lr_scale == "depth"
     if steps is not None:
         assert a.max_steps == steps
     if preset.startswith("bert"):
@@ -53,7 +54,7 @@ def test_cpu_presets_train_on_the_embedded_corpus(preset):
     """The reproducible CPU run: narrow, a tokenizer trained on the embedded corpus (no Hub), fp32."""
     a, config = resolve(["--preset", preset])
     assert a.data is None and a.tokenizer is None and a.precision == "fp32"
-    assert (config.hidden_size, config.vocab_size, a.seq_len, a.batch_size) == (32, 8192, 64, 8)
+    assert (config.hidden_size, config.vocab_size, a.seq_len, a.batch_size) == (32, 8192, 64, 32)
 
 
 def test_gpt_1k_paper_recipe_is_one_flag_away():
