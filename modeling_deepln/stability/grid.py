@@ -382,8 +382,8 @@ def train_cell(
     try:
         trainer = BlockLRTrainer(model=model, args=_training_arguments(cell, settings, output_dir / cell.name),
                                  block_lr_multiplier=block_lr_multiplier(cell.block_lr, cell.depth),
-                          train_dataset=_Blocks(data.train_blocks), data_collator=collator(cell.family, data.tokenizer),
-                          callbacks=callbacks)  # fmt: skip
+                                 train_dataset=_Blocks(data.train_blocks),
+                                 data_collator=collator(cell.family, data.tokenizer), callbacks=callbacks)  # fmt: skip
         trainer.remove_callback(PrinterCallback)  # the table's progress line replaces per-step log dicts
         trainer.train()
     finally:
@@ -428,7 +428,7 @@ def early_update_profile(monitor: Any, early_steps: int) -> dict[str, Any]:
 
 
 def grid_cells(settings: GridSettings, family: str) -> list[Cell]:
-    """The cells of one family, in table order (scheme, depth, lr, warmup)."""
+    """The cells of one family, in table order (scheme, blocks' lr multiplier, depth, lr, warmup)."""
     return [Cell(family, scheme, depth, lr, warmup, block_lr) for scheme in settings.schemes
             for block_lr in settings.block_lr_scales for depth in settings.depths for lr in settings.lrs
             for warmup in settings.warmups]  # fmt: skip
