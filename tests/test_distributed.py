@@ -30,6 +30,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
+from conftest import offline_env
 
 from modeling_deepln.cli import main
 from modeling_deepln.training import last_complete_checkpoint
@@ -47,20 +48,6 @@ PRETRAIN = ["pretrain", *TINY, "--max-steps", str(STEPS), "--save-steps", "2", "
 REL = 1e-4
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    return env
 
 
 def _free_port() -> int:
@@ -81,7 +68,7 @@ def _launch_command(kind: str, port: int, program: list[str], *launch_args: str)
 def _launch(kind: str, argv: list[str]) -> str:
     """``accelerate launch --config_file <kind's config> -m modeling_deepln.cli ARGV``; returns stdout."""
     cmd = _launch_command(kind, _free_port(), ["-m", "modeling_deepln.cli", *argv])
-    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+    result = subprocess.run(cmd, env=offline_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "over 2 process(es)" in result.stdout or "fine-tuning" in result.stdout, result.stdout[-2000:]
     return result.stdout
@@ -191,7 +178,7 @@ def test_saved_folders_load_as_remote_code(launched, one_process, tmp_path):
         assert not any(n.startswith("_fsdp") for n in names), names
         auto_map = json.loads((Path(folder) / "config.json").read_text())["auto_map"]
         assert auto_map["AutoModelForCausalLM"] == "modeling_deepln_gpt.DeepLNGPTForCausalLM"
-    env = {k: v for k, v in _env().items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in offline_env().items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-c", _REMOTE_CODE_CHILD, json.dumps(folders)], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=180)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
@@ -234,7 +221,7 @@ def test_fsdp2_resume_after_sigkill(tmp_path, text_file, one_process):
     script.write_text(_SLOW_CHILD)
     out = tmp_path / "killed"
     argv = [*PRETRAIN, "--data", str(text_file), "--output-dir", str(out)]
-    proc = subprocess.Popen(_launch_command("fsdp2", _free_port(), [str(script), *argv]), env=_env(),
+    proc = subprocess.Popen(_launch_command("fsdp2", _free_port(), [str(script), *argv]), env=offline_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.monotonic() + 600
@@ -266,7 +253,7 @@ def test_two_nodes_on_one_machine(tmp_path, text_file, one_process):
         subprocess.Popen(
             _launch_command("fsdp2", port, program, "--num_machines", "2", "--machine_rank", str(rank),
                             "--num_processes", "2", "--main_process_ip", "127.0.0.1"),
-            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         for rank in (0, 1)
     ]
