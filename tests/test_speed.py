@@ -254,6 +254,26 @@ def test_fused_qkv_equals_separate_projections_and_yields_to_hooks():
     assert seen == [1]
 
 
+def test_fused_qkv_is_used_only_where_the_rows_amortise_the_weight_copy(monkeypatch):
+    """At d = 256 a one-row decode step runs three projections (the concatenation would copy 3d² weights for one
+    row), a batch of d/2 rows or more runs one; at d = 32 every call is fused. Outputs equal the unfused path's."""
+    calls = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda x, w, b=None: calls.append(w.shape[0]) or linear(x, w, b))
+    for width, rows, fused in ((256, 1, False), (256, 127, False), (256, 128, True), (32, 1, True)):
+        torch.manual_seed(0)
+        config = tiny_gpt_config(layers=1, hidden_size=width, num_attention_heads=2, intermediate_size=2 * width)
+        attention = DeepLNGPTForCausalLM(config).eval().transformer.layers[0].attention
+        x = torch.randn(1, rows, width)
+        calls.clear()
+        with torch.no_grad():
+            got = attention._project_qkv(x)
+            assert calls == ([3 * width] if fused else [width] * 3), (width, rows)
+            want = (attention.q_proj(x), attention.k_proj(x), attention.v_proj(x))
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5 * float(w.abs().max()))
+
+
 def test_pretrain_compile_flag_reaches_training_arguments(tmp_path):
     from modeling_deepln.cli import build_parser
     from modeling_deepln.training.args import PretrainArgs, resolve_pretrain_args

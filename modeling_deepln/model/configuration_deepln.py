@@ -249,7 +249,9 @@ class DeepLNBertConfig(_DeepLNConfig):
         fuse_qkv: compute the query, key and value projections as one matmul (``[3d, d]`` weight) instead of three;
             the same parameters, names and outputs (to float rounding). Used only while ``q_proj``, ``k_proj`` and
             ``v_proj`` are plain ``nn.Linear`` s without hooks, so LoRA/PEFT adapters and forward hooks still see
-            three separate projections. Default ``True``.
+            three separate projections, and only where the concatenation (a copy of ``3d²`` weights per call) is cheap
+            against the matmul: ``d ≤ 147`` or at least ``d/2`` rows (a decode step at ``d = 256`` runs three).
+            Default ``True``.
         sparse_mlm_loss: in a training forward (``model.train()``, gradients on) with ``labels``, run the MLM head
             only on the masked positions (``labels != -100``): the loss and its gradients equal the dense head's,
             the head's work shrinks to the masking rate, and ``outputs.logits`` is ``None`` (Cramming, Geiping &
