@@ -212,6 +212,23 @@ def test_bench_quick_writes_table_csv_markdown_and_plot(tmp_path):
     generated = [r for r in rows if r.metric.startswith("greedy") and r.contestant.startswith("deepln pre_ln")]
     assert len(generated) == 2 and generated[0].extra["tokens"] == generated[1].extra["tokens"]  # static == dynamic
     assert "GPT2LMHeadModel" in (tmp_path / "bench.md").read_text()
+    assert all(r.of_bandwidth is not None and r.of_bandwidth > 0 for r in generated)
+    assert "copy bandwidth" in (tmp_path / "bench.md").read_text()
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_decode_bytes_per_token_counts_every_weight_once_but_the_input_table(tied):
+    """A batch-1 decode step reads every weight once (a tied LM head once) and one row of an untied input table:
+    against a count from the config's shapes."""
+    from modeling_deepln.bench.measure import decode_bytes_per_token
+
+    config = tiny_gpt_config(layers=2, tie_word_embeddings=tied)
+    model = DeepLNGPTForCausalLM(config)
+    d, f, v, layers = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
+    per_layer = (4 * d * d + 4 * d) + (2 * d * f + f + d) + 2 * 2 * d  # attention, FFN, two LayerNorms
+    head = v * d  # the tied table, or the untied head (the untied input table is read one row a token)
+    expected = layers * per_layer + head + config.max_position_embeddings * d + 2 * d  # positions, final LN
+    assert config.final_layer_norm and decode_bytes_per_token(model) == 4 * expected
 
 
 def test_bench_rejects_unknown_case():

@@ -24,6 +24,8 @@ from torch import nn
 
 __all__ = [
     "matmul_peak_flops",
+    "memory_bandwidth",
+    "decode_bytes_per_token",
     "forward_flops_per_token",
     "PeakMemory",
     "timed_build",
@@ -52,6 +54,34 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 1024
         synchronize(device)
         best = max(best, 4 * 2 * size**3 / (time.perf_counter() - start))
     return best
+
+
+def memory_bandwidth(device: torch.device, mib: int = 256, seconds: float = 1.0) -> float:
+    """Bytes/s of copying a ``mib``-MiB float32 tensor into another (read + write counted: ``2·bytes`` per copy),
+    the best of a ~``seconds`` run: the bandwidth a memory-bound kernel can reach on this machine and thread count."""
+    source = torch.ones(mib * 2**18, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    synchronize(device)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        target.copy_(source)
+        synchronize(device)
+        best = max(best, 2 * source.numel() * source.element_size() / (time.perf_counter() - start))
+    return best
+
+
+def decode_bytes_per_token(model: nn.Module) -> int:
+    """Bytes a batch-1 decode step must read at least: every weight once (tied weights once), except an input
+    embedding table that is not also the LM head (a decode step reads one of its rows). The KV cache and the
+    position table (under 1 % at the bench's shapes) are left out, so this is a lower bound."""
+    unique = {id(p): p for p in model.parameters()}
+    skipped = set()
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    if outputs is None or inputs.weight is not outputs.weight:
+        skipped.add(id(inputs.weight))
+    return sum(p.numel() * p.element_size() for key, p in unique.items() if key not in skipped)
 
 
 def forward_flops_per_token(config: Any, seq_len: int) -> float:

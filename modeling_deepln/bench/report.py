@@ -10,7 +10,8 @@ from .run import Row
 
 __all__ = ["format_table", "write_reports"]
 
-COLUMNS = ("case", "metric", "contestant", "work", "value", "unit", "ratio", "vs (named peer)", "of matmul peak")
+COLUMNS = ("case", "metric", "contestant", "work", "value", "unit", "ratio", "vs (named peer)", "of matmul peak",
+           "of memory bandwidth")
 TEXT_COLUMNS = 4  # left-aligned; the rest right-aligned
 
 
@@ -18,7 +19,9 @@ def _cells(row: Row) -> list[str]:
     value = f"{row.value:,.3g}" if row.value < 100 else f"{row.value:,.0f}"
     ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
     of_peak = f"{100 * row.of_peak:.1f} %" if row.of_peak is not None else ""
-    return [row.case, row.metric, row.contestant, row.work, value, row.unit, ratio, row.peer or "", of_peak]
+    of_bandwidth = f"{100 * row.of_bandwidth:.0f} %" if row.of_bandwidth is not None else ""
+    return [row.case, row.metric, row.contestant, row.work, value, row.unit, ratio, row.peer or "", of_peak,
+            of_bandwidth]
 
 
 def format_table(rows: list[Row]) -> str:
@@ -35,9 +38,11 @@ def format_table(rows: list[Row]) -> str:
 
 def markdown_table(rows: list[Row], facts: dict[str, Any]) -> str:
     """The rows as a Markdown table, headed by the machine and versions."""
+    bandwidth = facts.get("memory_bandwidth_gbs")
     head = (f"Machine: {facts['device']}, {facts['cpus']} CPUs, {facts['threads']} torch threads; torch "
             f"{facts['torch']}, transformers {facts['transformers']}, {facts['dtype']}; measured matmul peak "
-            f"{facts['matmul_peak_gflops']:,.1f} GFLOP/s.\n\n")  # fmt: skip
+            f"{facts['matmul_peak_gflops']:,.1f} GFLOP/s"
+            + (f", copy bandwidth {bandwidth:,.1f} GB/s" if bandwidth else "") + ".\n\n")  # fmt: skip
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
     return head + "\n".join(lines) + "\n"
@@ -74,9 +79,10 @@ def write_reports(rows: list[Row], facts: dict[str, Any], output_dir: str | Path
     with open(out / "bench.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["case", "metric", "contestant", "work", "value", "unit", "ratio", "peer",
-                         "fraction_of_matmul_peak"])  # fmt: skip
+                         "fraction_of_matmul_peak", "fraction_of_memory_bandwidth"])  # fmt: skip
         for r in rows:
-            writer.writerow([r.case, r.metric, r.contestant, r.work, r.value, r.unit, r.ratio, r.peer, r.of_peak])
+            writer.writerow([r.case, r.metric, r.contestant, r.work, r.value, r.unit, r.ratio, r.peer, r.of_peak,
+                             r.of_bandwidth])  # fmt: skip
     (out / "bench.md").write_text(markdown_table(rows, facts))
     written = [out / "bench.csv", out / "bench.md"]
     png = plot_ratios(rows, out / "bench.png")

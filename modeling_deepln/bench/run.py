@@ -24,10 +24,12 @@ import torch
 
 from ..presets import load_preset
 from .measure import (
+    decode_bytes_per_token,
     forward_flops_per_token,
     generation_tokens_per_second,
     inference_seconds,
     matmul_peak_flops,
+    memory_bandwidth,
     timed_build,
     train_step_seconds,
 )
@@ -83,7 +85,8 @@ class Row:
     """One measurement: ``value`` (``unit``) of ``contestant`` on ``case``/``metric``; ``work`` = equal work,
     deepln shortcuts, own scheme or peer; ``ratio`` = how many times better than the named ``peer``'s row of the
     same case and metric (speed: value/peer; time and memory: peer/value); ``of_peak`` = achieved FLOP/s /
-    measured matmul peak."""
+    measured matmul peak; ``of_bandwidth`` (generation) = the bytes a decode step must read x steps/s / measured
+    copy bandwidth: near 1, a model is memory-bound and only reading fewer bytes makes it faster."""
 
     case: str
     metric: str
@@ -94,6 +97,7 @@ class Row:
     peer: str | None = None
     ratio: float | None = None
     of_peak: float | None = None
+    of_bandwidth: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -205,7 +209,9 @@ def _throughput_rows(
     return rows
 
 
-def _generation_rows(case: str, contestant: Contestant, model: Any, config: Any, options: BenchOptions) -> list[Row]:
+def _generation_rows(
+    case: str, contestant: Contestant, model: Any, config: Any, options: BenchOptions, bandwidth: float
+) -> list[Row]:
     prompt = torch.randint(0, config.vocab_size, (1, options.prompt_len), generator=torch.Generator().manual_seed(1))
     prompt = prompt.to(options.device)
     implementations = ["dynamic", "static"] if contestant.is_deepln else ["dynamic"]
@@ -216,9 +222,12 @@ def _generation_rows(case: str, contestant: Contestant, model: Any, config: Any,
             model, prompt, options.new_tokens, options.torch_device, options.torch_dtype, **extra
         )
         label = contestant.name + ("" if implementation == "dynamic" else " static cache")
+        of_bandwidth = decode_bytes_per_token(model) * speed / bandwidth
         rows.append(Row(case, "greedy generate tok/s (batch 1)", label, speed, "tok/s", contestant.work,
-                        contestant.peer, extra={"tokens": ids[0, options.prompt_len:].tolist()}))  # fmt: skip
-        options.log(f"  {label} ({case}): generation {speed:.1f} tok/s")
+                        contestant.peer, of_bandwidth=of_bandwidth,
+                        extra={"tokens": ids[0, options.prompt_len:].tolist()}))  # fmt: skip
+        options.log(f"  {label} ({case}): generation {speed:.1f} tok/s ({100 * of_bandwidth:.0f} % of the copy "
+                    f"bandwidth for its {decode_bytes_per_token(model) / 2**20:,.0f} MiB of weights per token)")
     return rows
 
 
@@ -251,8 +260,11 @@ def _compiled_peer_name(peer: str, layers: int) -> str:
     return peer + (" compile_regions" if layers > REGIONAL_PEER_LAYERS else " torch.compile")
 
 
-def bench_shape(preset: str, layers: int | None, options: BenchOptions, peak: float, generate: bool) -> list[Row]:
-    """Training, inference (and greedy generation) throughput of every contestant of ``preset`` at ``layers``."""
+def bench_shape(
+    preset: str, layers: int | None, options: BenchOptions, peak: float, bandwidth: float | None = None
+) -> list[Row]:
+    """Training, inference (and, given the machine's copy ``bandwidth``, greedy generation) throughput of every
+    contestant of ``preset`` at ``layers``."""
     config = _config(preset, options, layers)
     depth = config.num_hidden_layers
     case = f"{preset.split('-')[0]} shape, {depth} layers, {options.batch_size}x{options.seq_len}"
@@ -270,8 +282,8 @@ def bench_shape(preset: str, layers: int | None, options: BenchOptions, peak: fl
             table = profile_by_class(model, batch, options.torch_device, options.torch_dtype, depth)
             options.log(f"profile of one training step, {contestant.name} ({case}):\n{table}")
         rows += _throughput_rows(case, contestant, model, config, batch, options, peak)
-        if generate and contestant.can_generate and contestant.work in (EQUAL_WORK, OWN_SCHEME, PEER):
-            rows += _generation_rows(case, contestant, model, config, options)
+        if bandwidth and contestant.can_generate and contestant.work in (EQUAL_WORK, OWN_SCHEME, PEER):
+            rows += _generation_rows(case, contestant, model, config, options, bandwidth)
         del model
     add_ratios(rows)
     return rows
@@ -315,10 +327,13 @@ def run_bench(options: BenchOptions) -> tuple[list[Row], dict[str, Any]]:
         rows += bench_build(options)
     if "bert" in options.cases:
         options.log("bert shape ...")
-        rows += bench_shape("bert-1k", options.full_layers, options, peak, generate=False)
+        rows += bench_shape("bert-1k", options.full_layers, options, peak)
     if "gpt" in options.cases:
         options.log("gpt shape ...")
-        rows += bench_shape("gpt-1k", options.slice_layers, options, peak, generate=True)
+        bandwidth = memory_bandwidth(options.torch_device, mib=16 if options.quick else 256)
+        facts["memory_bandwidth_gbs"] = bandwidth / 1e9
+        options.log(f"copy bandwidth {bandwidth / 1e9:,.1f} GB/s (read + write)")
+        rows += bench_shape("gpt-1k", options.slice_layers, options, peak, bandwidth)
     if "gpt1k" in options.cases:
         options.log("gpt-1k checkpointed step ...")
         rows += bench_gpt1k_checkpointed(options, peak)
