@@ -59,13 +59,18 @@ def plot_ratios(rows: list[Row], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     labels = [f"{r.case} | {r.metric} | {r.contestant} ({r.work}) vs {r.peer}" for r in rated]
-    fig, ax = plt.subplots(figsize=(10, 0.32 * len(rated) + 1.2))
-    colors = ["tab:green" if r.ratio >= 1 else "tab:red" for r in rated]
-    ax.barh(range(len(rated)), [r.ratio for r in rated], color=colors)
+    fig, ax = plt.subplots(figsize=(13, 0.3 * len(rated) + 1.4))
+    ratios = [r.ratio for r in rated]
+    colors = ["tab:green" if ratio >= 1 else "tab:red" for ratio in ratios]
+    ax.barh(range(len(rated)), ratios, color=colors)
+    ax.set_xscale("log")  # 0.8x and 14x on one readable axis
     ax.axvline(1.0, color="black", linewidth=0.8)
+    for i, ratio in enumerate(ratios):
+        ax.text(ratio, i, f" {ratio:.2f}x", va="center", fontsize=7)
+    ax.set_xlim(min(0.5, min(ratios) / 1.5), max(2.0, max(ratios) * 2.5))
     ax.set_yticks(range(len(rated)), labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("times better than the named peer (same run)")
+    ax.set_xlabel("times better than the named peer, same run (log scale)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
