@@ -12,7 +12,8 @@ a different seeded order. Write it outside the repository (``/tmp``) and delete 
 ``prepare`` runs what ``deepln pretrain --data FILE`` runs before training (:func:`load_text_data`, a tokenizer
 trained on the training text, :func:`tokenize_and_group` with ``seq_len`` 512) with a fresh ``datasets`` cache in
 ``--work`` and prints one JSON line: wall seconds, the peak of the summed RSS and of the summed unique (private)
-memory of the process and its children (sampled every 0.25 s with ``psutil``), the cache size and the number of
+memory of the process and its children (sampled every 0.25 s with ``psutil``), of their anonymous and of their
+file-backed resident memory (``RssAnon`` / ``RssFile`` of ``/proc/PID/status``), the cache size and the number of
 blocks. ``/usr/bin/time -v`` around it reports the largest single process's peak RSS ("Maximum resident set size",
 which for the children counts the largest one only).
 """
@@ -44,14 +45,31 @@ def write_corpus(size_mb: float, out: Path, seed: int = 0) -> int:
     return written
 
 
+def rss_parts(pid: int) -> tuple[int, int]:
+    """``(RssAnon, RssFile)`` of a process in bytes, from ``/proc/PID/status`` (Linux): the anonymous memory the
+    process allocated, and the resident pages of files it maps (here mostly the memory-mapped Arrow cache, clean page
+    cache that the kernel drops under memory pressure). ``(0, 0)`` where the file is unreadable."""
+    parts = {"RssAnon:": 0, "RssFile:": 0}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, *value = line.split()
+                if key in parts:
+                    parts[key] = int(value[0]) * 1024
+    except OSError:
+        pass
+    return parts["RssAnon:"], parts["RssFile:"]
+
+
 class TreeMemory:
-    """Samples the summed RSS and USS of this process and its children in a background thread."""
+    """Samples, summed over this process and its children in a background thread: RSS, USS, and RSS split into
+    anonymous and file-backed (:func:`rss_parts`)."""
 
     def __init__(self, interval: float = 0.25):
         import psutil
 
         self.root, self.interval = psutil.Process(), interval
-        self.peak_rss = self.peak_uss = 0
+        self.peak_rss = self.peak_uss = self.peak_anon = self.peak_file = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -59,14 +77,16 @@ class TreeMemory:
         import psutil
 
         while not self._stop.is_set():
-            rss = uss = 0
+            rss = uss = anon = file = 0
             for proc in [self.root, *self.root.children(recursive=True)]:
                 try:
                     info = proc.memory_full_info()
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
-                rss, uss = rss + info.rss, uss + info.uss
+                proc_anon, proc_file = rss_parts(proc.pid)
+                rss, uss, anon, file = rss + info.rss, uss + info.uss, anon + proc_anon, file + proc_file
             self.peak_rss, self.peak_uss = max(self.peak_rss, rss), max(self.peak_uss, uss)
+            self.peak_anon, self.peak_file = max(self.peak_anon, anon), max(self.peak_file, file)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> TreeMemory:
@@ -110,6 +130,8 @@ def prepare(data: str, work: Path, seq_len: int, vocab_size: int, num_proc: int 
         "tokenize_group_seconds": round(end - trained, 1),
         "peak_tree_rss_mb": round(memory.peak_rss / 1e6),
         "peak_tree_uss_mb": round(memory.peak_uss / 1e6),
+        "peak_tree_anon_mb": round(memory.peak_anon / 1e6),
+        "peak_tree_file_mb": round(memory.peak_file / 1e6),
         "cache_mb": round(folder_bytes(cache) / 1e6),
         "train_blocks": len(blocks["train"]),
         "num_proc": num_proc,
