@@ -215,6 +215,7 @@ def _generation_rows(
     prompt = torch.randint(0, config.vocab_size, (1, options.prompt_len), generator=torch.Generator().manual_seed(1))
     prompt = prompt.to(options.device)
     implementations = ["dynamic", "static"] if contestant.is_deepln else ["dynamic"]
+    weight_bytes = decode_bytes_per_token(model)
     rows = []
     for implementation in implementations:
         extra = {} if implementation == "dynamic" else {"cache_implementation": "static"}
@@ -222,12 +223,12 @@ def _generation_rows(
             model, prompt, options.new_tokens, options.torch_device, options.torch_dtype, **extra
         )
         label = contestant.name + ("" if implementation == "dynamic" else " static cache")
-        of_bandwidth = decode_bytes_per_token(model) * speed / bandwidth
+        of_bandwidth = weight_bytes * speed / bandwidth
         rows.append(Row(case, "greedy generate tok/s (batch 1)", label, speed, "tok/s", contestant.work,
                         contestant.peer, of_bandwidth=of_bandwidth,
                         extra={"tokens": ids[0, options.prompt_len:].tolist()}))  # fmt: skip
         options.log(f"  {label} ({case}): generation {speed:.1f} tok/s ({100 * of_bandwidth:.0f} % of the copy "
-                    f"bandwidth for its {decode_bytes_per_token(model) / 2**20:,.0f} MiB of weights per token)")
+                    f"bandwidth for its {weight_bytes / 2**20:,.0f} MiB of weights per token)")
     return rows
 
 
