@@ -40,20 +40,29 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 1.0) -> float:
-    """FLOP/s of repeated ``size x size`` matmuls (``2·size³`` FLOPs each), the best of a ~``seconds`` run."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    torch.mm(a, b)
+def _best_rate(run: Callable[[], None], work: float, device: torch.device, seconds: float) -> float:
+    """``work`` / seconds of the fastest call of ``run`` within a ~``seconds`` loop, after one warm-up call."""
+    run()
     synchronize(device)
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         start = time.perf_counter()
+        run()
+        synchronize(device)
+        best = max(best, work / (time.perf_counter() - start))
+    return best
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 1.0) -> float:
+    """FLOP/s of repeated ``size x size`` matmuls (``2·size³`` FLOPs each), the best of a ~``seconds`` run."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+
+    def four_matmuls() -> None:
         for _ in range(4):
             torch.mm(a, b)
-        synchronize(device)
-        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - start))
-    return best
+
+    return _best_rate(four_matmuls, 4 * 2 * size**3, device, seconds)
 
 
 def memory_bandwidth(device: torch.device, mib: int = 256, seconds: float = 1.0) -> float:
@@ -61,15 +70,7 @@ def memory_bandwidth(device: torch.device, mib: int = 256, seconds: float = 1.0)
     the best of a ~``seconds`` run: the bandwidth a memory-bound kernel can reach on this machine and thread count."""
     source = torch.ones(mib * 2**18, device=device)
     target = torch.empty_like(source)
-    target.copy_(source)
-    synchronize(device)
-    best, deadline = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        start = time.perf_counter()
-        target.copy_(source)
-        synchronize(device)
-        best = max(best, 2 * source.numel() * source.element_size() / (time.perf_counter() - start))
-    return best
+    return _best_rate(lambda: target.copy_(source), 2 * source.numel() * source.element_size(), device, seconds)
 
 
 def decode_bytes_per_token(model: nn.Module) -> int:

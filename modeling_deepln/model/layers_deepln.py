@@ -135,7 +135,7 @@ class DeepLNAttention(nn.Module):
             for p in projections
         )
         d = hidden_states.shape[-1]
-        rows_amortise_copy = 3 * d * d <= 65536 or 2 * hidden_states[..., 0].numel() >= d
+        rows_amortise_copy = 3 * d * d <= 65536 or 2 * (hidden_states.numel() // d) >= d
         if not (self.config.fuse_qkv and plain and rows_amortise_copy):
             return tuple(p(hidden_states) for p in projections)
         weight = torch.cat([p.weight for p in projections])
