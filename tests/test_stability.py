@@ -397,23 +397,68 @@ def test_depth_1000_mode_runs_with_a_few_layers_standing_in(tmp_path, monkeypatc
     monkeypatch.setattr(grid, "prepare_grid_data", lambda family, settings: synthetic_gpt_data("successor"))
     main(["stability", "--depth-1000", "--families", "gpt", "--depths", "3", "--hidden-size", "16",
           "--seq-len", "16", "--batch-size", "16", "--vocab-size", "32", "--steps", "6", "--progress-every", "3",
-          "--monitor-every", "3", "--output-dir", str(tmp_path)])  # fmt: skip
+          "--monitor-every", "3", "--block-lr-scales", "1,depth", "--output-dir", str(tmp_path)])  # fmt: skip
     out = capsys.readouterr().out
     table = (tmp_path / "stability.md").read_text()
-    schemes, scales = cli.DEPTH_1000["schemes"], cli.DEPTH_1000["block_lr_scales"]
-    assert set(scales) == {"1", "depth"}  # every scheme with every parameter at lr, and with the blocks at lr/√N
-    runs = len(schemes) * len(scales)
+    schemes = cli.DEPTH_1000["schemes"]
+    assert cli.DEPTH_1000["block_lr_scales"] == ("depth",)  # the rule the presets train with; "1" is the ablation
+    runs = len(schemes) * 2
     assert len(table.strip().splitlines()) == 2 + runs
     for scheme in schemes:
-        for scale in scales:
+        for scale in ("1", "depth"):
             row = next(line for line in table.splitlines() if f"| {scheme} | {scale} |" in line)
             assert any(f"| {mode} |" in row for mode in ("diverged", "stalled", "collapsed", "learning")), row
-        assert f"{scheme.replace(':', '+')}-L3-lr0.002-w0.1 step 3/6: loss" in out
-        assert f"{scheme.replace(':', '+')}-L3-lr0.002-w0.1-blocksdepth step 3/6: loss" in out
+        # the gpt-1k-cpu recipe's lr and warmup, since neither flag was given
+        assert f"{scheme.replace(':', '+')}-L3-lr0.002-w0.05 step 3/6: loss" in out
+        assert f"{scheme.replace(':', '+')}-L3-lr0.002-w0.05-blocksdepth step 3/6: loss" in out
     assert "grid" in out and "left" in out and f"{runs}/{runs} runs" in out
     for quantity in ("grad_norm", "position_cosine"):
         assert (tmp_path / f"heatmaps_{quantity}.png").stat().st_size > 0
-    assert (tmp_path / "runs" / "gpt-pre_ln-L3-lr0.002-w0.1" / "monitor_heatmaps.png").is_file()
+    assert (tmp_path / "runs" / "gpt-pre_ln-L3-lr0.002-w0.05" / "monitor_heatmaps.png").is_file()
+
+
+def test_depth_1000_rows_train_each_familys_preset_model_and_recipe(tmp_path):
+    """In --depth-1000 every row is the family's 1,000-layer CPU preset (its init, head tying, positions) with only
+    the scheme and depth swapped, trained with that preset's recipe file; flags given beside the mode still win."""
+    import json
+
+    from transformers import get_scheduler
+
+    from modeling_deepln.stability import cli, grid
+    from modeling_deepln.training.args import RECIPES_DIR
+
+    settings = cli._settings({"depth_1000": True})
+    tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=0)
+    for family, preset in (("gpt", "gpt-1k-cpu"), ("bert", "bert-1k-cpu")):
+        recipe = json.loads((RECIPES_DIR / f"{preset}.json").read_text())
+        cells = grid.grid_cells(settings, family)
+        assert {(c.lr, c.warmup, c.block_lr) for c in cells} == {(recipe["lr"], recipe["warmup_ratio"], "depth")}
+        assert len(cells) == len(cli.DEPTH_1000["schemes"])
+        values = grid.family_recipe(family, settings)
+        assert values["mlm_probability"] == recipe.get("mlm_probability", 0.15)
+        assert values["weight_decay"] == recipe["weight_decay"]
+        model = grid.build_cell_model(grid.Cell(family, "deepnorm", 3, recipe["lr"], 0.05, "depth"), settings, tokenizer)
+        preset_config = json.loads((RECIPES_DIR.parent / f"{preset}.json").read_text())
+        config = model.config
+        assert (config.residual_norm, config.num_hidden_layers, config.vocab_size) == ("deepnorm", 3, 8192)
+        for key in ("scale_output_init", "tie_word_embeddings", "hidden_act", "layer_norm_eps"):
+            assert getattr(config, key) == preset_config[key], key
+        if family == "bert":
+            assert config.position_embedding_init == "sinusoidal"
+        # the schedule ends on the recipe's floor, min_lr, not on 0
+        args = grid._training_arguments(cells[0], settings, tmp_path)
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+        schedule = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps,
+                                 num_training_steps=settings.steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs)  # fmt: skip
+        for _ in range(settings.steps):
+            optimizer.step()
+            schedule.step()
+        assert schedule.get_last_lr()[0] == pytest.approx(recipe["min_lr"], rel=1e-6)
+        assert args.weight_decay == recipe["weight_decay"]
+    mine = cli._settings({"depth_1000": True, "lrs": (1e-3,), "block_lr_scales": ("1",)})
+    assert {(c.lr, c.block_lr) for c in grid.grid_cells(mine, "bert")} == {(1e-3, "1")}
+    with pytest.raises(Exception, match="--lrs and --warmups"):
+        cli._settings({"lrs": ()})
 
 
 def test_scheme_names_set_form_and_final_layer_norm():

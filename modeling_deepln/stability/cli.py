@@ -29,15 +29,16 @@ WIDE = {"depths": (6, 24, 48, 100, 200, 1000), "lrs": (5e-4, 2e-3), "warmups": (
 DEPTH_1000 = {"families": ("gpt", "bert"),
               "schemes": ("post_ln", "pre_ln", "deepnorm", "upscale_ln", "foundation_ln:ln", "foundation_ln:alpha_plus_ln",
                           "foundation_ln:alpha_plus_ln:final_ln", "normformer"),
-              "block_lr_scales": ("1", "depth"), "depths": (1000,), "steps": 150, "hidden_size": 32, "num_heads": 2,
-              "seq_len": 64, "batch_size": 32, "eval_blocks": 64, "monitor_every": 20, "early_steps": 3,
-              "progress_every": 20, "heatmaps": True}  # fmt: skip
-"""``--depth-1000``: every scheme at 1,000 layers, both families, narrow enough for a 2-core CPU (hidden 32,
-2 heads, 32 × 64 tokens a step: a 1,000-layer step is mostly per-layer overhead, so 4× the tokens cost 2× the
-time; 150 steps, by which the 1,000-layer GPT that learns is ~0.1 nats below the unigram loss); the α·s + LN(s)
-form with and without its final LayerNorm; each with every parameter at the learning rate and with the residual
-blocks at lr/√N (``--block-lr-scale depth``). Flags given next to it still win (e.g. ``--families gpt --steps
-100``)."""
+              "block_lr_scales": ("depth",), "depths": (1000,), "steps": 100, "hidden_size": 32, "num_heads": 2,
+              "seq_len": 64, "batch_size": 32, "vocab_size": 8192, "eval_blocks": 64, "monitor_every": 20,
+              "early_steps": 3, "progress_every": 20, "heatmaps": True, "presets": True, "lrs": (), "warmups": ()}  # fmt: skip
+"""``--depth-1000``: every scheme at 1,000 layers, both families, in the model and recipe of the family's
+1,000-layer CPU preset (``gpt-1k-cpu`` / ``bert-1k-cpu``: hidden 32, 2 heads, vocabulary 8,192, σ/√(2N) output
+init, the residual blocks at lr/√N, lr 2e-3 (BERT 4e-3, 60 % masking) with 5 % warmup and cosine to a tenth),
+32 × 64 tokens a step (a 1,000-layer step is mostly per-layer overhead, so 4× the tokens cost 2× the time),
+100 steps; the α·s + LN(s) form with and without its final LayerNorm. Only the scheme changes from row to row.
+Flags given next to it still win (e.g. ``--families gpt --steps 300``, ``--block-lr-scales 1,depth`` for the
+ablation with every parameter at the learning rate, ``--lrs 1e-3``)."""
 
 
 def _ints(value: str) -> tuple[int, ...]:
@@ -64,7 +65,7 @@ def add_stability_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, kind in (("steps", int), ("hidden-size", int), ("num-heads", int), ("seq-len", int),
                        ("batch-size", int), ("vocab-size", int), ("eval-blocks", int), ("monitor-every", int),
                        ("early-steps", int), ("margin", float), ("seed", int), ("max-minutes", float),
-                       ("progress-every", int)):  # fmt: skip
+                       ("progress-every", int), ("min-lr-ratio", float), ("mlm-probability", float)):  # fmt: skip
         parser.add_argument(f"--{flag}", dest=flag.replace("-", "_"), type=kind, default=s)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default=s, help="bf16 applies on a GPU only.")
     parser.add_argument("--wide", action="store_true", help="The GPU grid: " + str(WIDE).replace("%", "%%"))
@@ -93,6 +94,8 @@ def _settings(values: dict):
             split_scheme(scheme)
     except ValueError as exc:
         raise DeepLNInputError(str(exc)) from None
+    if not settings.presets and not (settings.lrs and settings.warmups):
+        raise DeepLNInputError("--lrs and --warmups need at least one value each.")
     unknown = set(settings.families) - {"gpt", "bert"}
     if unknown or not settings.families:
         raise DeepLNInputError(f"--families takes gpt and/or bert, got {','.join(settings.families)}.")
@@ -111,7 +114,7 @@ def _settings(values: dict):
 def run_stability(ns: argparse.Namespace) -> int:
     import torch
 
-    from .grid import run_grid
+    from .grid import grid_cells, run_grid
     from .report import (
         markdown_table,
         plot_early_updates,
@@ -136,8 +139,10 @@ def run_stability(ns: argparse.Namespace) -> int:
         csv_path, _ = write_table(rows, TABLE_COLUMNS, output_dir / "stability")
         plot_loss_vs_depth(rows, output_dir / "loss_vs_depth.png")
         deepest = max(settings.depths)
+        first = {family: grid_cells(settings, family)[0] for family in settings.families}
         early = [{"label": f"{r['family']} {run_label(r)} L{r['depth']}", **r["_early"]} for r in rows
-                 if r["depth"] == deepest and r["lr"] == settings.lrs[0] and r["warmup"] == settings.warmups[0]]
+                 if r["depth"] == deepest and r["lr"] == first[r["family"]].lr
+                 and r["warmup"] == first[r["family"]].warmup]
         plot_early_updates(early, output_dir / "early_updates.png")
         if settings.heatmaps:
             for quantity in ("grad_norm", "position_cosine"):

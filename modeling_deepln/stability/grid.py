@@ -45,6 +45,9 @@ SCHEMES = ("post_ln", "pre_ln", "deepnorm", "upscale_ln", "foundation_ln:ln", "f
 """The default schemes of the grid (``name[:post_norm_form]``). Both FoundationLayerNorm readings name their form, so
 the rows keep their meaning whichever form the scheme defaults to."""
 
+PRESETS = {"gpt": "gpt-1k-cpu", "bert": "bert-1k-cpu"}
+"""The 1,000-layer CPU preset of each family, whose model and recipe ``GridSettings.presets`` trains."""
+
 COLLAPSE_COSINE = 0.95
 """Mean cosine between positions of the last layer at or above which a model counts as collapsed."""
 
@@ -78,6 +81,17 @@ class GridSettings:
     max_minutes: float | None = None
     progress_every: int = 0
     heatmaps: bool = False
+    presets: bool = False
+    """Build each family's models from its 1,000-layer CPU preset (:data:`PRESETS`: σ/√(2N) output init, the GPT's
+    untied head, the BERT's sinusoidal initial positions; the cell's scheme and depth and the grid's width,
+    heads, vocabulary and length replace the preset's) and train them with that preset's recipe: its learning
+    rate and warmup where ``lrs`` / ``warmups`` are empty, its cosine floor (``min_lr``), masking rate and weight
+    decay."""
+    min_lr_ratio: float = 0.0
+    """Floor of the cosine schedule as a fraction of the peak learning rate (the presets' recipes: 0.1)."""
+    mlm_probability: float = 0.15
+    """Masking rate of the BERT rows (training and held-out batches)."""
+    weight_decay: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -158,12 +172,12 @@ def _blocks(family: str, settings: GridSettings) -> tuple[Any, torch.Tensor, tor
     return tokenizer, blocks["train"], blocks["validation"]
 
 
-def collator(family: str, tokenizer: Any):
-    """GPT: ``labels = input_ids`` (the model shifts); BERT: transformers' MLM masking (15 %)."""
+def collator(family: str, tokenizer: Any, mlm_probability: float = 0.15):
+    """GPT: ``labels = input_ids`` (the model shifts); BERT: transformers' MLM masking (80/10/10 of the masked)."""
     from transformers import DataCollatorForLanguageModeling
 
     if family == "bert":
-        return DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15)
+        return DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability)
 
     def causal(features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         ids = torch.stack([f["input_ids"] for f in features])
@@ -176,7 +190,7 @@ def prepare_grid_data(family: str, settings: GridSettings) -> GridData:
     """Blocks, tokenizer, fixed held-out batches (masking drawn once, seeded) and their unigram loss."""
     tokenizer, train, validation = _blocks(family, settings)
     validation = validation[: settings.eval_blocks]
-    collate = collator(family, tokenizer)
+    collate = collator(family, tokenizer, family_recipe(family, settings)["mlm_probability"])
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(settings.seed)
     batches = [collate([{"input_ids": row} for row in validation[i : i + settings.batch_size]])
@@ -202,10 +216,40 @@ class _Blocks(torch.utils.data.Dataset):
         return {"input_ids": self.blocks[index]}
 
 
+def family_recipe(family: str, settings: GridSettings) -> dict[str, Any]:
+    """The training settings of one family's rows: the grid's own, or (``settings.presets``) its preset's recipe
+    for the fields the grid leaves to it (``lrs``/``warmups`` empty: the recipe's ``lr``/``warmup_ratio``).
+
+    Returns ``{"lrs", "warmups", "min_lr_ratio", "mlm_probability", "weight_decay"}``."""
+    values = {"lrs": settings.lrs, "warmups": settings.warmups, "min_lr_ratio": settings.min_lr_ratio,
+              "mlm_probability": settings.mlm_probability, "weight_decay": settings.weight_decay}  # fmt: skip
+    if not settings.presets:
+        return values
+    from ..training.args import load_recipe
+
+    recipe = load_recipe(PRESETS[family])
+    return {"lrs": settings.lrs or (recipe["lr"],), "warmups": settings.warmups or (recipe["warmup_ratio"],),
+            "min_lr_ratio": recipe.get("min_lr", 0.0) / recipe["lr"],
+            "mlm_probability": recipe.get("mlm_probability", settings.mlm_probability),
+            "weight_decay": recipe.get("weight_decay", settings.weight_decay)}  # fmt: skip
+
+
 def build_cell_model(cell: Cell, settings: GridSettings, tokenizer: Any) -> torch.nn.Module:
-    """A fresh deepln model of the cell's family, scheme and depth (dropout 0, tied embeddings)."""
+    """A fresh deepln model of the cell's family, scheme and depth: dropout 0, tied embeddings, or
+    (``settings.presets``) the family's 1,000-layer CPU preset with the cell's scheme, depth and the grid's shape."""
     from ..model import DeepLNBertConfig, DeepLNBertForMaskedLM, DeepLNGPTConfig, DeepLNGPTForCausalLM
 
+    if settings.presets:
+        from ..presets import load_preset
+
+        config = load_preset(PRESETS[cell.family], vocab_size=settings.vocab_size, hidden_size=settings.hidden_size,
+                             num_hidden_layers=cell.depth, num_attention_heads=settings.num_heads,
+                             intermediate_size=4 * settings.hidden_size, max_position_embeddings=settings.seq_len,
+                             pad_token_id=tokenizer.pad_token_id or 0, **split_scheme(cell.scheme))  # fmt: skip
+        if cell.family == "gpt":
+            config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id or 0
+        torch.manual_seed(settings.seed)
+        return (DeepLNBertForMaskedLM if cell.family == "bert" else DeepLNGPTForCausalLM)(config)
     shape = dict(vocab_size=settings.vocab_size, hidden_size=settings.hidden_size, num_hidden_layers=cell.depth,
                  num_attention_heads=settings.num_heads, intermediate_size=4 * settings.hidden_size,
                  max_position_embeddings=settings.seq_len, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
@@ -354,11 +398,19 @@ def _training_arguments(cell: Cell, settings: GridSettings, output_dir: Path):
     on_gpu = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(output_dir), max_steps=settings.steps, per_device_train_batch_size=settings.batch_size,
-        learning_rate=cell.lr, warmup_steps=int(round(cell.warmup * settings.steps)), lr_scheduler_type="cosine",
-        weight_decay=0.01, max_grad_norm=1.0, logging_steps=1, logging_nan_inf_filter=False, save_strategy="no",
+        learning_rate=cell.lr, warmup_steps=int(round(cell.warmup * settings.steps)),
+        **_schedule(family_recipe(cell.family, settings)["min_lr_ratio"]),
+        weight_decay=family_recipe(cell.family, settings)["weight_decay"], max_grad_norm=1.0, logging_steps=1, logging_nan_inf_filter=False, save_strategy="no",
         eval_strategy="no", report_to="none", disable_tqdm=True, seed=settings.seed, use_cpu=not on_gpu,
         bf16=on_gpu and settings.precision == "bf16", dataloader_drop_last=True,
     )  # fmt: skip
+
+
+def _schedule(min_lr_ratio: float) -> dict[str, Any]:
+    """Cosine decay to 0, or to ``min_lr_ratio`` × the peak (transformers' ``cosine_with_min_lr``)."""
+    if min_lr_ratio <= 0:
+        return {"lr_scheduler_type": "cosine"}
+    return {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": min_lr_ratio}}
 
 
 def train_cell(
@@ -383,7 +435,9 @@ def train_cell(
         trainer = BlockLRTrainer(model=model, args=_training_arguments(cell, settings, output_dir / cell.name),
                                  block_lr_multiplier=block_lr_multiplier(cell.block_lr, cell.depth),
                                  train_dataset=_Blocks(data.train_blocks),
-                                 data_collator=collator(cell.family, data.tokenizer), callbacks=callbacks)  # fmt: skip
+                                 data_collator=collator(cell.family, data.tokenizer,
+                                                         family_recipe(cell.family, settings)["mlm_probability"]),
+                                 callbacks=callbacks)  # fmt: skip
         trainer.remove_callback(PrinterCallback)  # the table's progress line replaces per-step log dicts
         trainer.train()
     finally:
@@ -429,9 +483,10 @@ def early_update_profile(monitor: Any, early_steps: int) -> dict[str, Any]:
 
 def grid_cells(settings: GridSettings, family: str) -> list[Cell]:
     """The cells of one family, in table order (scheme, blocks' lr multiplier, depth, lr, warmup)."""
+    recipe = family_recipe(family, settings)
     return [Cell(family, scheme, depth, lr, warmup, block_lr) for scheme in settings.schemes
-            for block_lr in settings.block_lr_scales for depth in settings.depths for lr in settings.lrs
-            for warmup in settings.warmups]  # fmt: skip
+            for block_lr in settings.block_lr_scales for depth in settings.depths for lr in recipe["lrs"]
+            for warmup in recipe["warmups"]]  # fmt: skip
 
 
 def run_grid(
