@@ -15,7 +15,7 @@ import time
 import torch
 from transformers import PreTrainedModel
 
-from modeling_deepln.bench.models import OWN_SCHEME, PEER, contestants_for
+from modeling_deepln.bench.models import PEER, contestants_for
 from modeling_deepln.model.layers_deepln import DeepLNPreTrainedModel
 from modeling_deepln.presets import load_preset
 
@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     contestants = contestants_for(load_preset("gpt-1k", num_hidden_layers=args.layers), torchscale=False)
-    own = next(c for c in contestants if c.work == OWN_SCHEME)
+    own = next(c for c in contestants if c.work != PEER)  # deepln in the preset's own scheme
     peer = next(c for c in contestants if c.work == PEER)
     parallel = DeepLNPreTrainedModel.initialize_weights
     try:

@@ -469,3 +469,34 @@ def test_scheme_names_set_form_and_final_layer_norm():
     assert split_scheme("pre_ln:no_final_ln") == {"residual_norm": "pre_ln", "final_layer_norm": False}
     with pytest.raises(ValueError, match="Unknown option 'final'"):
         split_scheme("post_ln:final")
+
+
+def test_merge_joins_the_tables_of_two_grids(tmp_path, capsys):
+    """--merge reads back what two grids wrote (numbers parsed, empty cells None) as one table and plot."""
+    from modeling_deepln.cli import main
+    from modeling_deepln.stability.cli import TABLE_COLUMNS
+    from modeling_deepln.stability.report import read_table, write_table
+
+    def row(family, scheme, gap, mode, step):
+        return {"family": family, "scheme": scheme, "block_lr": "depth", "depth": 1000, "lr": 0.002, "warmup": 0.05,
+                "steps": 100, "eval_loss": 7.0 + gap, "unigram_loss": 7.0, "gap": gap, "cosine": 0.5, "mode": mode,
+                "mode_step": step, "update_first": 1e-4, "update_last": 2e-4, "seconds": 900.5, "cpu_seconds": 880.25}  # fmt: skip
+
+    gpt = [row("gpt", "pre_ln", -0.125, "learning", 61), row("gpt", "foundation_ln:alpha_plus_ln", float("nan"), "diverged", 7)]
+    bert = [row("bert", "post_ln", 0.0625, "collapsed", None)]
+    write_table(gpt, TABLE_COLUMNS, tmp_path / "gpt" / "stability")
+    write_table(bert, TABLE_COLUMNS, tmp_path / "bert" / "stability")
+    main(["stability", "--merge", f"{tmp_path / 'gpt'},{tmp_path / 'bert'}", "--output-dir", str(tmp_path / "all")])
+    merged = read_table(tmp_path / "all" / "stability.csv")
+    assert len(merged) == 3
+    for got, want in zip(merged, gpt + bert):
+        for key in TABLE_COLUMNS:
+            if isinstance(want[key], float) and math.isnan(want[key]):
+                assert math.isnan(got[key])
+            else:
+                assert got[key] == want[key] and type(got[key]) is type(want[key]), key
+    assert (tmp_path / "all" / "gap_by_scheme.png").stat().st_size > 0
+    assert "3 rows from 2 grids" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["stability", "--merge", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "x")])
+    assert "nowhere/stability.csv does not exist" in capsys.readouterr().err

@@ -73,6 +73,9 @@ def add_stability_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Every scheme at 1,000 layers, GPT and BERT, narrow (hidden 32) for a CPU: "
                         + str(DEPTH_1000).replace("%", "%%"))  # fmt: skip
     parser.add_argument("--output-dir", default=None, help="Default runs/stability-<timestamp>.")
+    parser.add_argument("--merge", type=lambda v: tuple(csv_list(v)), default=None, metavar="DIR,DIR",
+                        help="Train nothing: join the stability.csv of earlier grids (e.g. the GPT and the BERT half "
+                        "run as two processes) into one table and gap_by_scheme.png in --output-dir.")  # fmt: skip
     parser.add_argument("--bound", action="store_true", help="Also print DeepNet's model-update table.")
     parser.add_argument("--bound-only", action="store_true", help="Only the model-update table (no grid).")
     parser.add_argument("--bound-depths", type=_ints, default=(6, 12, 24, 48, 96))
@@ -118,6 +121,7 @@ def run_stability(ns: argparse.Namespace) -> int:
     from .report import (
         markdown_table,
         plot_early_updates,
+        plot_gap_by_scheme,
         plot_grid_heatmaps,
         plot_loss_vs_depth,
         run_label,
@@ -126,6 +130,9 @@ def run_stability(ns: argparse.Namespace) -> int:
 
     values = dict(vars(ns))
     output_dir = Path(values.pop("output_dir") or f"runs/stability-{time.strftime('%Y%m%d-%H%M%S')}")
+    merge = values.pop("merge")
+    if merge:
+        return merge_tables(merge, output_dir)
     bound, bound_only = values.pop("bound"), values.pop("bound_only")
     bound_depths = values.pop("bound_depths")
     settings = _settings(values)
@@ -144,14 +151,36 @@ def run_stability(ns: argparse.Namespace) -> int:
                  if r["depth"] == deepest and r["lr"] == first[r["family"]].lr
                  and r["warmup"] == first[r["family"]].warmup]
         plot_early_updates(early, output_dir / "early_updates.png")
+        plot_gap_by_scheme([r for r in rows if r["depth"] == deepest], output_dir / "gap_by_scheme.png")
         if settings.heatmaps:
             for quantity in ("grad_norm", "position_cosine"):
                 plot_grid_heatmaps(rows, quantity, output_dir / f"heatmaps_{quantity}.png")
         print("\n" + markdown_table(rows, TABLE_COLUMNS[:-2] + ("seconds",)))
         print(f"\n[deepln] stability grid: {len(rows)} runs in {time.monotonic() - start:.0f} s; table {csv_path} "
-              f"(+ .md), plots loss_vs_depth.png and early_updates.png in {output_dir}")  # fmt: skip
+              f"(+ .md), plots loss_vs_depth.png, gap_by_scheme.png and early_updates.png in {output_dir}")  # fmt: skip
     if bound or bound_only:
         print_bound_tables(bound_depths, output_dir)
+    return 0
+
+
+def merge_tables(folders: tuple[str, ...], output_dir: Path) -> int:
+    """``--merge``: the rows of each folder's ``stability.csv``, in the order given, as one table and plot."""
+    from ..errors import DeepLNInputError
+    from .report import markdown_table, plot_gap_by_scheme, read_table, write_table
+
+    rows = []
+    for folder in folders:
+        path = Path(folder) / "stability.csv"
+        if not path.is_file():
+            raise DeepLNInputError(f"--merge: {path} does not exist; give folders that a deepln stability run wrote.")
+        rows += read_table(path)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, _ = write_table(rows, TABLE_COLUMNS, output_dir / "stability")
+    deepest = max(r["depth"] for r in rows)
+    plot_gap_by_scheme([r for r in rows if r["depth"] == deepest], output_dir / "gap_by_scheme.png")
+    print(markdown_table(rows, TABLE_COLUMNS[:-2] + ("seconds", "cpu_seconds")))
+    print(f"\n[deepln] stability: {len(rows)} rows from {len(folders)} grids in {csv_path} (+ .md) and "
+          f"{output_dir / 'gap_by_scheme.png'}")  # fmt: skip
     return 0
 
 

@@ -98,6 +98,23 @@ def write_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], stem: st
     return csv_path, md_path
 
 
+def read_table(csv_path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``stability.csv`` written by :func:`write_table`, numbers parsed back (``depth``, ``steps``
+    and ``mode_step`` as ints, the measures as floats; an empty cell is ``None``)."""
+    integers, texts = {"depth", "steps", "mode_step"}, {"family", "scheme", "block_lr", "mode"}
+    rows = []
+    with open(csv_path, newline="") as handle:
+        for raw in csv.DictReader(handle):
+            row: dict[str, Any] = {}
+            for key, value in raw.items():
+                if value == "" or key in texts:
+                    row[key] = value if key in texts else None
+                else:
+                    row[key] = int(value) if key in integers else float(value)
+            rows.append(row)
+    return rows
+
+
 def run_label(row: dict[str, Any]) -> str:
     """A row's scheme, with its blocks' learning-rate multiplier when it is not 1 (``pre_ln, blocks lr×depth``)."""
     block_lr = str(row.get("block_lr", "1"))
@@ -133,6 +150,45 @@ def plot_loss_vs_depth(rows: Sequence[dict[str, Any]], path: str | Path) -> Path
         axis.set_title(f"{family.upper()}  lr {lr:g}  warmup {warmup:g}", fontsize=9)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+MODE_COLORS = {"learning": "tab:green", "stalled": "tab:orange", "collapsed": "tab:blue", "diverged": "tab:red"}
+"""Bar colour of each failure mode in :func:`plot_gap_by_scheme`."""
+
+
+def plot_gap_by_scheme(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Held-out loss minus the unigram loss per run at one depth: one panel per family, one bar per run (scheme and
+    blocks' learning rate), coloured by its failure mode (:data:`MODE_COLORS`), the gap printed on the bar; a
+    diverged run with no finite loss gets an empty bar named ``diverged``. Left of 0 means below the unigram loss."""
+    plt = _pyplot()
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    height = 0.9 + 0.32 * max(sum(r["family"] == f for r in rows) for f in families)
+    figure, axes = plt.subplots(1, len(families), figsize=(6.2 * len(families), height), dpi=100, squeeze=False)
+    for axis, family in zip(axes[0], families):
+        panel = [r for r in rows if r["family"] == family]
+        labels = [run_label(r) for r in panel]
+        span = max([abs(r["gap"]) for r in panel if r["mode"] != "diverged" and math.isfinite(r["gap"])] + [0.05])
+        gaps = [max(-1.5 * span, min(1.5 * span, r["gap"])) if math.isfinite(r["gap"]) else 0.0 for r in panel]
+        axis.barh(range(len(panel)), gaps, color=[MODE_COLORS.get(r["mode"], "gray") for r in panel])
+        for y, (row, gap) in enumerate(zip(panel, gaps)):
+            text = f"{row['gap']:+.3f} {row['mode']}" if math.isfinite(row["gap"]) else row["mode"]
+            axis.text(gap, y, f" {text} ", va="center", ha="left" if gap >= 0 else "right", fontsize=7)
+        axis.set_yticks(range(len(panel)), labels, fontsize=8)
+        axis.invert_yaxis()
+        axis.axvline(0.0, color="black", linewidth=0.8)
+        axis.set_xlim(-2.4 * span, 2.4 * span)
+        depths = sorted({r["depth"] for r in panel})
+        steps = sorted({r["steps"] for r in panel})
+        axis.set_title(f"{family.upper()}, {'/'.join(map(str, depths))} layers, {'/'.join(map(str, steps))} steps",
+                       fontsize=9)  # fmt: skip
+        axis.set_xlabel("held-out − unigram loss (nats; long bars clipped)",
+                        fontsize=8)  # fmt: skip
+        axis.grid(axis="x", alpha=0.3)
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path)
