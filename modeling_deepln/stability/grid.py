@@ -46,7 +46,7 @@ SCHEMES = ("post_ln", "pre_ln", "deepnorm", "upscale_ln", "foundation_ln:ln", "f
 the rows keep their meaning whichever form the scheme defaults to."""
 
 PRESETS = {"gpt": "gpt-1k-cpu", "bert": "bert-1k-cpu"}
-"""The 1,000-layer CPU preset of each family, whose model and recipe ``GridSettings.presets`` trains."""
+"""The 1,000-layer CPU preset of each family, whose model and recipe ``GridSettings.from_presets`` trains."""
 
 COLLAPSE_COSINE = 0.95
 """Mean cosine between positions of the last layer at or above which a model counts as collapsed."""
@@ -81,7 +81,7 @@ class GridSettings:
     max_minutes: float | None = None
     progress_every: int = 0
     heatmaps: bool = False
-    presets: bool = False
+    from_presets: bool = False
     """Build each family's models from its 1,000-layer CPU preset (:data:`PRESETS`: σ/√(2N) output init, the GPT's
     untied head, the BERT's sinusoidal initial positions; the cell's scheme and depth and the grid's width,
     heads, vocabulary and length replace the preset's) and train them with that preset's recipe: its learning
@@ -217,13 +217,13 @@ class _Blocks(torch.utils.data.Dataset):
 
 
 def family_recipe(family: str, settings: GridSettings) -> dict[str, Any]:
-    """The training settings of one family's rows: the grid's own, or (``settings.presets``) its preset's recipe
+    """The training settings of one family's rows: the grid's own, or (``settings.from_presets``) its preset's recipe
     for the fields the grid leaves to it (``lrs``/``warmups`` empty: the recipe's ``lr``/``warmup_ratio``).
 
     Returns ``{"lrs", "warmups", "min_lr_ratio", "mlm_probability", "weight_decay"}``."""
     values = {"lrs": settings.lrs, "warmups": settings.warmups, "min_lr_ratio": settings.min_lr_ratio,
               "mlm_probability": settings.mlm_probability, "weight_decay": settings.weight_decay}  # fmt: skip
-    if not settings.presets:
+    if not settings.from_presets:
         return values
     from ..training.args import load_recipe
 
@@ -236,10 +236,10 @@ def family_recipe(family: str, settings: GridSettings) -> dict[str, Any]:
 
 def build_cell_model(cell: Cell, settings: GridSettings, tokenizer: Any) -> torch.nn.Module:
     """A fresh deepln model of the cell's family, scheme and depth: dropout 0, tied embeddings, or
-    (``settings.presets``) the family's 1,000-layer CPU preset with the cell's scheme, depth and the grid's shape."""
+    (``settings.from_presets``) the family's 1,000-layer CPU preset with the cell's scheme, depth and the grid's shape."""
     from ..model import DeepLNBertConfig, DeepLNBertForMaskedLM, DeepLNGPTConfig, DeepLNGPTForCausalLM
 
-    if settings.presets:
+    if settings.from_presets:
         from ..presets import load_preset
 
         config = load_preset(PRESETS[cell.family], vocab_size=settings.vocab_size, hidden_size=settings.hidden_size,
