@@ -92,6 +92,7 @@ class GridSettings:
     mlm_probability: float = 0.15
     """Masking rate of the BERT rows (training and held-out batches)."""
     weight_decay: float = 0.01
+    """AdamW's decoupled weight decay."""
 
 
 @dataclass(frozen=True)
@@ -396,13 +397,13 @@ def _training_arguments(cell: Cell, settings: GridSettings, output_dir: Path):
     from transformers import TrainingArguments
 
     on_gpu = torch.cuda.is_available()
+    recipe = family_recipe(cell.family, settings)
     return TrainingArguments(
         output_dir=str(output_dir), max_steps=settings.steps, per_device_train_batch_size=settings.batch_size,
         learning_rate=cell.lr, warmup_steps=int(round(cell.warmup * settings.steps)),
-        **_schedule(family_recipe(cell.family, settings)["min_lr_ratio"]),
-        weight_decay=family_recipe(cell.family, settings)["weight_decay"], max_grad_norm=1.0, logging_steps=1, logging_nan_inf_filter=False, save_strategy="no",
-        eval_strategy="no", report_to="none", disable_tqdm=True, seed=settings.seed, use_cpu=not on_gpu,
-        bf16=on_gpu and settings.precision == "bf16", dataloader_drop_last=True,
+        **_schedule(recipe["min_lr_ratio"]), weight_decay=recipe["weight_decay"], max_grad_norm=1.0,
+        logging_steps=1, logging_nan_inf_filter=False, save_strategy="no", eval_strategy="no", report_to="none",
+        disable_tqdm=True, seed=settings.seed, use_cpu=not on_gpu, bf16=on_gpu and settings.precision == "bf16", dataloader_drop_last=True,
     )  # fmt: skip
 
 
