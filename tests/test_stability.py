@@ -455,8 +455,11 @@ def test_depth_1000_rows_train_each_familys_preset_model_and_recipe(tmp_path):
             schedule.step()
         assert schedule.get_last_lr()[0] == pytest.approx(recipe["min_lr"], rel=1e-6)
         assert args.weight_decay == recipe["weight_decay"]
-    mine = cli._settings({"depth_1000": True, "lrs": (1e-3,), "block_lr_scales": ("1",)})
+    mine = cli._settings({"depth_1000": True, "lrs": (1e-3,), "block_lr_scales": ("1",), "mlm_probability": 0.15,
+                          "min_lr_ratio": 0.0})  # fmt: skip
     assert {(c.lr, c.block_lr) for c in grid.grid_cells(mine, "bert")} == {(1e-3, "1")}
+    assert grid.family_recipe("bert", mine)["mlm_probability"] == 0.15  # a flag beside the mode wins over the recipe
+    assert grid._training_arguments(grid.grid_cells(mine, "gpt")[0], mine, tmp_path).lr_scheduler_type == "cosine"
     with pytest.raises(Exception, match="--lrs and --warmups"):
         cli._settings({"lrs": ()})
 

@@ -87,12 +87,12 @@ class GridSettings:
     heads, vocabulary and length replace the preset's) and train them with that preset's recipe: its learning
     rate and warmup where ``lrs`` / ``warmups`` are empty, its cosine floor (``min_lr``), masking rate and weight
     decay."""
-    min_lr_ratio: float = 0.0
-    """Floor of the cosine schedule as a fraction of the peak learning rate (the presets' recipes: 0.1)."""
-    mlm_probability: float = 0.15
-    """Masking rate of the BERT rows (training and held-out batches)."""
-    weight_decay: float = 0.01
-    """AdamW's decoupled weight decay."""
+    min_lr_ratio: float | None = None
+    """Floor of the cosine schedule as a fraction of the peak learning rate (unset: 0, or the preset recipe's)."""
+    mlm_probability: float | None = None
+    """Masking rate of the BERT rows, training and held-out batches (unset: 0.15, or the preset recipe's)."""
+    weight_decay: float | None = None
+    """AdamW's decoupled weight decay (unset: 0.01, or the preset recipe's)."""
 
 
 @dataclass(frozen=True)
@@ -218,21 +218,25 @@ class _Blocks(torch.utils.data.Dataset):
 
 
 def family_recipe(family: str, settings: GridSettings) -> dict[str, Any]:
-    """The training settings of one family's rows: the grid's own, or (``settings.from_presets``) its preset's recipe
-    for the fields the grid leaves to it (``lrs``/``warmups`` empty: the recipe's ``lr``/``warmup_ratio``).
+    """The training settings of one family's rows: the grid's defaults, under ``settings.from_presets`` the
+    family's preset recipe, and over both whatever ``settings`` sets (``lrs``/``warmups`` when not empty, the
+    other fields when not ``None``).
 
     Returns ``{"lrs", "warmups", "min_lr_ratio", "mlm_probability", "weight_decay"}``."""
-    values = {"lrs": settings.lrs, "warmups": settings.warmups, "min_lr_ratio": settings.min_lr_ratio,
-              "mlm_probability": settings.mlm_probability, "weight_decay": settings.weight_decay}  # fmt: skip
-    if not settings.from_presets:
-        return values
-    from ..training.args import load_recipe
+    values: dict[str, Any] = {"lrs": (), "warmups": (), "min_lr_ratio": 0.0, "mlm_probability": 0.15,
+                              "weight_decay": 0.01}  # fmt: skip
+    if settings.from_presets:
+        from ..training.args import load_recipe
 
-    recipe = load_recipe(PRESETS[family])
-    return {"lrs": settings.lrs or (recipe["lr"],), "warmups": settings.warmups or (recipe["warmup_ratio"],),
-            "min_lr_ratio": recipe.get("min_lr", 0.0) / recipe["lr"],
-            "mlm_probability": recipe.get("mlm_probability", settings.mlm_probability),
-            "weight_decay": recipe.get("weight_decay", settings.weight_decay)}  # fmt: skip
+        recipe = load_recipe(PRESETS[family])
+        values.update(lrs=(recipe["lr"],), warmups=(recipe["warmup_ratio"],),
+                      min_lr_ratio=recipe.get("min_lr", 0.0) / recipe["lr"],
+                      mlm_probability=recipe.get("mlm_probability", values["mlm_probability"]),
+                      weight_decay=recipe.get("weight_decay", values["weight_decay"]))  # fmt: skip
+    values.update({key: getattr(settings, key) for key in ("lrs", "warmups") if getattr(settings, key)})
+    values.update({key: getattr(settings, key) for key in ("min_lr_ratio", "mlm_probability", "weight_decay")
+                   if getattr(settings, key) is not None})  # fmt: skip
+    return values
 
 
 def build_cell_model(cell: Cell, settings: GridSettings, tokenizer: Any) -> torch.nn.Module:
