@@ -9,6 +9,7 @@ model folder works too. The files are plain ``config.json`` files, so
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +43,24 @@ def available_presets() -> list[str]:
 
 
 def preset_path(name_or_path: str | Path) -> Path:
-    """Resolve a preset name (``"gpt-1k"``), a JSON file or a model folder to a config JSON path."""
+    """Resolve a preset name (``"gpt-1k"``), a JSON file or a model folder to a config JSON path.
+
+    A folder or file of that name in the working directory wins over the built-in preset (as in ``from_pretrained``,
+    where a local folder wins over the Hub), with a warning when the name is also a built-in preset's: a
+    ``--output-dir gpt-1k-cpu`` of an earlier run would otherwise silently replace the preset ``gpt-1k-cpu``.
+    """
     path = Path(name_or_path)
+    candidate = PRESETS_DIR / f"{name_or_path}.json"
     if path.is_dir():
         path = path / "config.json"
     if path.is_file():
+        if candidate.is_file() and path.resolve() != candidate.resolve():
+            warnings.warn(
+                f"{str(name_or_path)!r} is a built-in preset and also a path here; using {path} (the local one). "
+                f"For the preset, run from another folder or pass {candidate}.",
+                stacklevel=2,
+            )
         return path
-    candidate = PRESETS_DIR / f"{name_or_path}.json"
     if candidate.is_file():
         return candidate
     raise ValueError(

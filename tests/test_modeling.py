@@ -466,6 +466,17 @@ def test_presets_are_listed_and_load_by_name_and_path():
         load_preset("gpt-2k")
 
 
+def test_a_local_folder_named_like_a_preset_wins_with_a_warning(tmp_path, monkeypatch):
+    """As ``from_pretrained`` prefers a local folder to the Hub, a folder ``gpt-1k-cpu`` here (an earlier run's
+    ``--output-dir``) is what ``--preset gpt-1k-cpu`` loads, and the user is told; elsewhere the preset loads."""
+    load_preset("gpt-1k-cpu", num_hidden_layers=2).save_pretrained(tmp_path / "gpt-1k-cpu")
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match=r"'gpt-1k-cpu' is a built-in preset and also a path here"):
+        assert load_preset("gpt-1k-cpu").num_hidden_layers == 2
+    monkeypatch.chdir(tmp_path / "gpt-1k-cpu")
+    assert load_preset("gpt-1k-cpu").num_hidden_layers == 1000
+
+
 def test_bert_1k_preset_matches_paper():
     """The paper's shape; the scheme is the one chosen by the 1,000-layer measurements (Pre-LN; the paper's Upscale LN is
     ``--recipe paper``, tests/test_depth1k_recipes.py)."""
