@@ -33,13 +33,18 @@ def resolve(argv: list[str]):
      ("bert-1k-cpu", 4e-3, 4e-4, 300)],
 )
 def test_default_recipe_resolves_as_documented(preset, lr, min_lr, steps):
-    """The README's "1,000 layers" recipes: Pre-LN with GPT-2's σ/√(2N) output init and a final LayerNorm, 1,000
-    layers, the residual blocks at lr/√N, cosine decay with 5 % warmup over max_steps, fused AdamW; no time limit.
-    The CPU presets run the schedule of the measured 1,000-layer CPU runs (300 steps; lr 2e-3 for the GPT, 4e-3 for
-    the BERT, chosen at 48 layers)."""
+    """The README's "1,000 layers" recipes: GPT-2's σ/√(2N) output init, 1,000 layers, the residual blocks at
+    lr/√N, cosine decay with 5 % warmup over max_steps, fused AdamW; no time limit. The GPTs are FoundationLayerNorm
+    ``α·s + LN(s)`` without a final LayerNorm (the one scheme learning at 1,000 layers in the depth-1,000 table), the
+    BERTs Pre-LN with a final LayerNorm. The CPU presets run the schedule of the measured 1,000-layer CPU runs (300
+    steps; lr 2e-3 for the GPT, 4e-3 for the BERT, chosen at 48 layers)."""
     a, config = resolve(["--preset", preset])
-    assert (config.num_hidden_layers, config.residual_norm, config.scale_output_init) == (1000, "pre_ln", True)
-    assert config.final_layer_norm is True
+    assert (config.num_hidden_layers, config.scale_output_init) == (1000, True)
+    if preset.startswith("gpt"):
+        assert (config.residual_norm, config.post_norm_form, config.final_layer_norm) == ("foundation_ln", "alpha_plus_ln", False)
+        assert config.residual_alpha is None  # the scheme's α, 0.974
+    else:
+        assert (config.residual_norm, config.final_layer_norm) == ("pre_ln", True)
     assert (a.lr, a.lr_schedule, a.min_lr, a.warmup_ratio, a.optim) == (lr, "cosine", min_lr, 0.05, "adamw_torch_fused")
     assert a.max_steps > 0 and a.max_minutes is None
     assert a.block_lr_scale == "depth"
@@ -82,6 +87,9 @@ def test_command_line_wins_over_the_recipe():
     assert (a.lr, config.residual_norm, config.post_norm_form) == (3e-4, "deepnorm", "ln")
     a, config = resolve(["--preset", "gpt-1k", "--recipe", "paper", "--post-norm-form", "ln"])
     assert (config.residual_norm, config.post_norm_form) == ("foundation_ln", "ln")
+    # the previous default, Pre-LN with its final LayerNorm, is one flag away from the GPT presets' α·s + LN(s)
+    a, config = resolve(["--preset", "gpt-1k-cpu", "--residual-norm", "pre_ln"])
+    assert (config.residual_norm, config.final_layer_norm, a.lr, a.block_lr_scale) == ("pre_ln", True, 2e-3, "depth")
 
 
 def test_unknown_recipe_names_the_ones_there_are():

@@ -495,7 +495,8 @@ def test_bert_1k_preset_matches_paper():
 def test_gpt_1k_preset_matches_paper():
     config = load_preset("gpt-1k")
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (1000, 256, 1)
-    assert (config.max_position_embeddings, config.vocab_size, config.residual_norm) == (1024, 50257, "pre_ln")
+    assert (config.max_position_embeddings, config.vocab_size) == (1024, 50257)
+    assert (config.residual_norm, config.post_norm_form) == ("foundation_ln", "alpha_plus_ln")  # README "1,000 layers"
     d = 256
     expected = (50257 + 1024) * d + 1000 * _block_params(d, 1024) + 50257 * d  # untied LM head
     assert expected == 815_753_728  # the paper's model: 815.5M
