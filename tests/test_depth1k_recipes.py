@@ -41,7 +41,8 @@ def test_default_recipe_resolves_as_documented(preset, lr, min_lr, steps):
     a, config = resolve(["--preset", preset])
     assert (config.num_hidden_layers, config.scale_output_init) == (1000, True)
     if preset.startswith("gpt"):
-        assert (config.residual_norm, config.post_norm_form, config.final_layer_norm) == ("foundation_ln", "alpha_plus_ln", False)
+        scheme = (config.residual_norm, config.post_norm_form, config.final_layer_norm)
+        assert scheme == ("foundation_ln", "alpha_plus_ln", False)
         assert config.residual_alpha is None  # the scheme's α, 0.974
     else:
         assert (config.residual_norm, config.final_layer_norm) == ("pre_ln", True)

@@ -216,19 +216,19 @@ def test_bench_quick_writes_table_csv_markdown_and_plot(tmp_path):
     assert "copy bandwidth" in (tmp_path / "bench.md").read_text()
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_decode_bytes_per_token_counts_every_weight_once_but_the_input_table(tied):
+@pytest.mark.parametrize("tied, final_norm", [(True, True), (False, True), (False, False)])
+def test_decode_bytes_per_token_counts_every_weight_once_but_the_input_table(tied, final_norm):
     """A batch-1 decode step reads every weight once (a tied LM head once) and one row of an untied input table:
     against a count from the config's shapes."""
     from modeling_deepln.bench.measure import decode_bytes_per_token
 
-    config = tiny_gpt_config(layers=2, tie_word_embeddings=tied)
+    config = tiny_gpt_config(layers=2, tie_word_embeddings=tied, final_layer_norm=final_norm)
     model = DeepLNGPTForCausalLM(config)
     d, f, v, layers = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
     per_layer = (4 * d * d + 4 * d) + (2 * d * f + f + d) + 2 * 2 * d  # attention, FFN, two LayerNorms
     head = v * d  # the tied table, or the untied head (the untied input table is read one row a token)
     expected = layers * per_layer + head + config.max_position_embeddings * d  # positions
-    expected += 2 * d if config.final_layer_norm else 0  # the final LayerNorm (not in gpt-1k's α·s + LN(s))
+    expected += 2 * d if final_norm else 0  # the final LayerNorm (not in gpt-1k's α·s + LN(s))
     assert decode_bytes_per_token(model) == 4 * expected
 
 
