@@ -38,8 +38,9 @@ init, the residual blocks at lr/√N, lr 2e-3 (BERT 4e-3, 60 % masking) with 5 %
 32 × 64 tokens a step (a 1,000-layer step is mostly per-layer overhead, so 4× the tokens cost 2× the time),
 300 steps: the presets' own budget, by which Pre-LN is 0.4 (GPT) and 0.1 (BERT) nats below the unigram loss (the
 GPT's α·s + LN(s), its preset's scheme, 1.1), where at 100 steps Pre-LN is only leaving the plateau; the α·s + LN(s)
-form with and without its final LayerNorm. Only the scheme changes from row to row. Flags given next to it still win (e.g. ``--families gpt --steps 100``,
-``--block-lr-scales 1,depth`` for the ablation with every parameter at the learning rate, ``--lrs 1e-3``)."""
+form with and without its final LayerNorm. Only the scheme changes from row to row. Flags given next to it still
+win (e.g. ``--families gpt --steps 100``, ``--block-lr-scales 1,depth`` for the ablation with every parameter at the
+learning rate, ``--lrs 1e-3``)."""
 
 
 def _ints(value: str) -> tuple[int, ...]:
