@@ -2,7 +2,8 @@
 residual schemes: what a scheme costs per step, everything else (shape, head, recipe batch 32 x 64) equal.
 
 The models are built once; the schemes alternate step by step, so a shared machine's changing load hits both alike.
-The medians and their ratio are what to read.
+The medians and their ratio are what to read. Float subnormals are flushed to zero as in every ``deepln`` command;
+``DEEPLN_KEEP_DENORMALS=1`` keeps them (what the flush is worth).
 
     python scripts/ab_scheme_step.py --family bert [--layers 200] [--schemes pre_ln,foundation_ln] [--reps 6]
 """
@@ -17,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
 from modeling_deepln import load_preset
+from modeling_deepln.cli import flush_denormals
 
 
 def main() -> None:
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--reps", type=int, default=6)
     args = parser.parse_args()
+    flushed = flush_denormals()  # before the first tensor operation starts torch's threads
     preset, auto = ("gpt-1k-cpu", AutoModelForCausalLM) if args.family == "gpt" else ("bert-1k-cpu", AutoModelForMaskedLM)
     torch.manual_seed(0)
     ids = torch.randint(5, 8000, (args.batch_size, args.seq_len))
@@ -48,7 +51,8 @@ def main() -> None:
             if rep:  # the first round warms up
                 times[name].append(time.perf_counter() - start)
     first = next(iter(times))
-    print(f"{args.family}, {args.layers} layers, {args.batch_size} x {args.seq_len}, torch threads {torch.get_num_threads()}")
+    print(f"{args.family}, {args.layers} layers, {args.batch_size} x {args.seq_len}, torch threads {torch.get_num_threads()}, "
+          f"subnormals {'flushed' if flushed else 'kept'}")
     print("| scheme | median step (s) | ratio |\n|---|---|---|")
     for name, values in times.items():
         ratio = statistics.median(values) / statistics.median(times[first])

@@ -413,3 +413,36 @@ def test_model_compile_with_the_training_fast_paths_equals_eager():
     torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
     for got, want in zip((p.grad for p in model.parameters()), eager_grads):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+FLUSH_CHECK = """
+import struct, sys, torch
+subnormal = struct.pack("<f", 1e-39) * (1 << 22)  # bytes: no float arithmetic before the flag is set
+x = torch.frombuffer(bytearray(subnormal), dtype=torch.float32)
+import modeling_deepln.cli as cli
+try:
+    cli.main(["--help"])
+except SystemExit:
+    pass
+torch.set_num_threads(2)
+y = x * 1.0  # 4M elements: split over both threads
+print("kept", int(y.view(torch.int32).ne(0).sum()), "of", x.numel())  # integer compare: no float flush
+"""
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_deepln_command_flushes_subnormals_on_every_torch_thread(keep):
+    """``deepln`` sets flush-to-zero before torch's OpenMP threads exist, so every worker inherits it: a parallel
+    multiply of 4M subnormals gives only zeros (with the flag set later, only the calling thread's half would be
+    zero). ``DEEPLN_KEEP_DENORMALS=1`` keeps them."""
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.set_flush_denormal(True))"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    if probe.stdout.strip() != "True":
+        pytest.skip("this CPU has no flush-to-zero control that torch can set")
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env.pop("DEEPLN_KEEP_DENORMALS", None)
+    if keep:
+        env["DEEPLN_KEEP_DENORMALS"] = "1"
+    out = subprocess.run([sys.executable, "-c", FLUSH_CHECK], env=env, capture_output=True, text=True, check=True)
+    kept = int(out.stdout.split("kept ")[1].split()[0])
+    assert kept == (1 << 22 if keep else 0), out.stdout
