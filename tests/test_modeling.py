@@ -242,6 +242,36 @@ def test_block_matches_hand_written_equation(scheme, causal):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("scheme,form", [("pre_ln", None), ("deepnorm", "ln"), ("foundation_ln", "alpha_plus_ln")])
+def test_training_residual_applies_dropout_to_the_branch_only(scheme, form):
+    """In training the residual sum is ``α·x + dropout(G(x))`` with the module's own dropout draw (the same RNG
+    state gives the same mask), and a dropout of 0 leaves training equal to evaluation."""
+    from modeling_deepln.model.residual_deepln import ResidualConnection
+
+    layers = 9
+    config = tiny_gpt(residual_norm=scheme, num_hidden_layers=layers, hidden_dropout_prob=0.5,
+                      **({"post_norm_form": form} if form else {}))  # fmt: skip
+    residual = ResidualConnection(config).train()
+    _randomize(residual)
+    sublayer = torch.nn.Linear(32, 32)
+    x = torch.randn(2, 5, 32)
+    torch.manual_seed(3)
+    got, _ = residual(x, sublayer)
+    torch.manual_seed(3)
+    branch = F.dropout(sublayer(_layer_norm(x, residual.norm) if scheme == "pre_ln" else x), 0.5, training=True)
+    alpha = {"pre_ln": 1.0, "deepnorm": (2 * layers) ** 0.25, "foundation_ln": 0.974}[scheme]
+    if scheme == "pre_ln":
+        want = x + branch
+    elif form == "ln":
+        want = _layer_norm(alpha * x + branch, residual.norm)
+    else:
+        s = x + branch
+        want = alpha * s + _layer_norm(s, residual.norm)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    residual.dropout.p = 0.0
+    torch.testing.assert_close(residual(x, sublayer)[0], residual.eval()(x, sublayer)[0], atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("scheme", ["post_ln", "foundation_ln", "upscale_ln"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_alpha_plus_ln_form_matches_the_authors_module(scheme, causal):

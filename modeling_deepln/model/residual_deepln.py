@@ -295,14 +295,16 @@ class ResidualConnection(nn.Module):
             branch, extra = branch
         if self.branch_norm is not None:
             branch = self.branch_norm(branch)
-        residual = hidden_states
-        if self.alpha != 1.0 and not self.alpha_plus_ln:
-            residual = residual * self.alpha
+        if self.training and self.dropout.p > 0:  # eval, or no dropout: no module call
+            branch = self.dropout(branch)
         if self.residual_scale is not None:
-            residual = residual * self.residual_scale
-        hidden_states = residual + (self.dropout(branch) if self.training else branch)  # eval: no module call
+            hidden_states = hidden_states * self.residual_scale
+        if self.alpha == 1.0 or self.alpha_plus_ln:
+            hidden_states = hidden_states + branch
+        else:  # α·x + G as one kernel (no separate α·x tensor; its backward has one elementwise op fewer)
+            hidden_states = torch.add(branch, hidden_states, alpha=self.alpha)
         if self.alpha_plus_ln:
-            hidden_states = self.alpha * hidden_states + self.norm(hidden_states)
+            hidden_states = torch.add(self.norm(hidden_states), hidden_states, alpha=self.alpha)
         elif not self.norm_before:
             hidden_states = self.norm(hidden_states)
         return hidden_states, extra
