@@ -30,17 +30,18 @@ def resolve(argv: list[str]):
 @pytest.mark.parametrize(
     "preset,lr,min_lr,steps",
     [("gpt-1k", 1e-3, 1e-4, None), ("bert-1k", 1e-3, 1e-4, None), ("gpt-1k-cpu", 2e-3, 2e-4, 300),
-     ("bert-1k-cpu", 4e-3, 4e-4, 300)],
+     ("bert-1k-cpu", 4e-3, 4e-4, 400)],
 )
 def test_default_recipe_resolves_as_documented(preset, lr, min_lr, steps):
     """The README's "1,000 layers" recipes: GPT-2's σ/√(2N) output init, 1,000 layers, the residual blocks at
-    lr/√N, cosine decay with 5 % warmup over max_steps, fused AdamW; no time limit. The GPTs are FoundationLayerNorm
-    ``α·s + LN(s)`` without a final LayerNorm (the one scheme learning at 1,000 layers in the depth-1,000 table), the
-    BERTs Pre-LN with a final LayerNorm. The CPU presets run the schedule of the measured 1,000-layer CPU runs (300
-    steps; lr 2e-3 for the GPT, 4e-3 for the BERT, chosen at 48 layers)."""
+    lr/√N, cosine decay with 5 % warmup over max_steps, fused AdamW; no time limit. The GPTs and ``bert-1k-cpu`` are
+    FoundationLayerNorm ``α·s + LN(s)`` without a final LayerNorm (the one GPT scheme learning at 1,000 layers in the
+    depth-1,000 table; ahead of Pre-LN in every paired BERT run), ``bert-1k`` Pre-LN with a final LayerNorm (the
+    form is untested at its width). The CPU presets run the schedules of the measured 1,000-layer CPU runs (300
+    steps for the GPT, 400 for the BERT; lr 2e-3 for the GPT, 4e-3 for the BERT, chosen at 48 layers)."""
     a, config = resolve(["--preset", preset])
     assert (config.num_hidden_layers, config.scale_output_init) == (1000, True)
-    if preset.startswith("gpt"):
+    if preset != "bert-1k":
         scheme = (config.residual_norm, config.post_norm_form, config.final_layer_norm)
         assert scheme == ("foundation_ln", "alpha_plus_ln", False)
         assert config.residual_alpha is None  # the scheme's α, 0.974
@@ -91,6 +92,9 @@ def test_command_line_wins_over_the_recipe():
     # the previous default, Pre-LN with its final LayerNorm, is one flag away from the GPT presets' α·s + LN(s)
     a, config = resolve(["--preset", "gpt-1k-cpu", "--residual-norm", "pre_ln"])
     assert (config.residual_norm, config.final_layer_norm, a.lr, a.block_lr_scale) == ("pre_ln", True, 2e-3, "depth")
+    # and bert-1k-cpu's previous default the same way (the recipe, 400 steps at lr 4e-3, is kept)
+    a, config = resolve(["--preset", "bert-1k-cpu", "--residual-norm", "pre_ln"])
+    assert (config.residual_norm, config.final_layer_norm, a.lr, a.max_steps) == ("pre_ln", True, 4e-3, 400)
 
 
 def test_unknown_recipe_names_the_ones_there_are():
@@ -126,3 +130,19 @@ def test_gpu_depth_check_dry_run_on_the_cpu(tmp_path):
         assert row["steps"] == 2 and row["num_layers"] == 2
         assert math.isclose(row["perplexity_ratio"], math.exp(row["eval_loss"] - row["unigram_loss"]))
         assert math.isclose(row["nats_below_unigram"], row["unigram_loss"] - row["eval_loss"])
+
+
+def test_gpu_depth_check_trains_another_scheme_when_asked(tmp_path):
+    """``--residual-norm`` replaces the preset's scheme (bert-1k-cpu's α·s + LN(s) on bert-1k at full width, on a GPU);
+    the trained model's saved config and the row say which."""
+    spec = importlib.util.spec_from_file_location("gpu_depth_check", ROOT / "scripts" / "gpu_depth_check.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = script.main(
+        ["--presets", "bert-1k", "--residual-norm", "foundation_ln", "--num-layers", "2", "--steps", "1", "--use-cpu",
+         "--precision", "fp32", "--batch-size", "4", "--seq-len", "32", "--output-root", str(tmp_path / "runs"),
+         "--results", str(tmp_path / "rows.jsonl")]
+    )  # fmt: skip
+    assert rows[0]["residual_norm"] == "foundation_ln"
+    saved = json.loads((tmp_path / "runs" / "bert-1k-default-foundation_ln" / "config.json").read_text())
+    assert (saved["residual_norm"], saved["post_norm_form"]) == ("foundation_ln", "alpha_plus_ln")
