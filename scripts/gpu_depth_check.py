@@ -10,6 +10,7 @@ perplexity ratio, steps, tokens/s and wall time. The schedule runs over ``--step
 
     python scripts/gpu_depth_check.py                       # both presets, default recipes, 300 steps each
     python scripts/gpu_depth_check.py --recipe paper        # the paper's recipes
+    python scripts/gpu_depth_check.py --presets bert-1k --residual-norm foundation_ln   # bert-1k-cpu's scheme at width
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=["gpt-1k", "bert-1k"])
     parser.add_argument("--recipe", default=None, help="a named recipe of the presets (e.g. paper); default theirs")
+    parser.add_argument("--residual-norm", default=None, help="replace the presets' scheme (default theirs)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
@@ -51,6 +53,7 @@ def check_preset(preset: str, a: argparse.Namespace) -> dict:
     args = PretrainArgs(
         preset=preset,
         recipe=a.recipe,
+        residual_norm=a.residual_norm,
         num_layers=a.num_layers,
         vocab_size=a.vocab_size,
         tokenizer="",  # train one on the embedded corpus (the paper's recipes name a Hub tokenizer)
@@ -68,13 +71,14 @@ def check_preset(preset: str, a: argparse.Namespace) -> dict:
         use_cpu=a.use_cpu,
         disable_tqdm=True,
         overwrite=True,
-        output_dir=str(Path(a.output_root) / f"{preset}-{a.recipe or 'default'}"),
+        output_dir=str(Path(a.output_root) / f"{preset}-{a.recipe or 'default'}-{a.residual_norm or 'own'}"),
     )
     result = pretrain(args)
     loss, unigram = result["eval_loss"], math.log(result["perplexity_unigram"])
     return {
         "preset": preset,
         "recipe": a.recipe or "default",
+        "residual_norm": a.residual_norm or "the preset's",
         "num_layers": a.num_layers,
         "precision": a.precision,
         "steps": result["global_step"],
