@@ -36,8 +36,8 @@ DEPTH_1000 = {"families": ("gpt", "bert"),
 1,000-layer CPU preset (``gpt-1k-cpu`` / ``bert-1k-cpu``: hidden 32, 2 heads, vocabulary 8,192, σ/√(2N) output
 init, the residual blocks at lr/√N, lr 2e-3 (BERT 4e-3, 60 % masking) with 5 % warmup and cosine to a tenth),
 32 × 64 tokens a step (a 1,000-layer step is mostly per-layer overhead, so 4× the tokens cost 2× the time),
-300 steps: the presets' own budget, by which Pre-LN is 0.4 (GPT) and 0.1 (BERT) nats below the unigram loss (the
-GPT's α·s + LN(s), its preset's scheme, 1.1), where at 100 steps Pre-LN is only leaving the plateau; the α·s + LN(s)
+300 steps: the GPT preset's budget (the BERT preset now trains 400), by which Pre-LN is 0.4 (GPT) and 0.1 (BERT)
+nats below the unigram loss (α·s + LN(s), both presets' scheme: GPT 1.1, BERT 0.11), where at 100 steps Pre-LN is only leaving the plateau; the α·s + LN(s)
 form with and without its final LayerNorm. Only the scheme changes from row to row. Flags given next to it still
 win (e.g. ``--families gpt --steps 100``, ``--block-lr-scales 1,depth`` for the ablation with every parameter at the
 learning rate, ``--lrs 1e-3``)."""
