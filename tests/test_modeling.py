@@ -163,6 +163,72 @@ def test_final_layer_norm_of_configs_saved_before_the_field(tmp_path):
     assert load_preset("gpt-deep-small").final_layer_norm is False
     assert load_preset("gpt-deep-small", residual_norm="pre_ln").final_layer_norm is True
     assert load_preset("gpt-deep-small", final_layer_norm=True).final_layer_norm is True
+
+
+def test_final_hidden_scale_is_opt_in_and_validated():
+    """1 (no scale) by default in every scheme and preset; any positive number otherwise; a clear error else."""
+    for make in (tiny_gpt, tiny_bert):
+        for name in SCHEMES:
+            assert make(residual_norm=name).final_hidden_scale == 1.0, name
+        assert make(residual_norm="foundation_ln", final_hidden_scale=0.026).final_hidden_scale == 0.026
+        for bad in (0, -1.0, float("inf"), float("nan"), "0.5", True, None):
+            with pytest.raises(ValueError, match="final_hidden_scale must be a positive number"):
+                make(residual_norm="foundation_ln", final_hidden_scale=bad)
+    for preset in available_presets():
+        assert load_preset(preset).final_hidden_scale == 1.0, preset
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_final_hidden_scale_multiplies_the_last_hidden_state(causal, tmp_path):
+    """last_hidden_state (and hidden_states[-1]) == scale × the last block's output; kept by save/reload."""
+    make, model_class = (tiny_gpt, DeepLNGPTModel) if causal else (tiny_bert, DeepLNBertModel)
+    ids = torch.randint(3, 97, (2, 7))
+    scale = 1 - 0.974  # 1 − α of FoundationLayerNorm's α·s + LN(s) form
+    torch.manual_seed(0)
+    model = model_class(make(residual_norm="foundation_ln", final_hidden_scale=scale)).eval()
+    torch.manual_seed(0)
+    unscaled = model_class(make(residual_norm="foundation_ln")).eval()
+    with torch.no_grad():
+        out, ref = model(ids, output_hidden_states=True), unscaled(ids, output_hidden_states=True)
+    # one float32 multiplication of the same values: exact to an ulp of the product
+    torch.testing.assert_close(out.last_hidden_state, scale * ref.last_hidden_state, rtol=2e-7, atol=0)
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state, rtol=0, atol=0)
+    torch.testing.assert_close(out.hidden_states[-2], ref.hidden_states[-2], rtol=0, atol=0)  # the blocks unchanged
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["final_hidden_scale"] == scale
+    again = model_class.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(again(ids).last_hidden_state, out.last_hidden_state)
+    # a config.json from before the field loads without a scale, as it was trained
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["final_hidden_scale"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert type(model.config).from_pretrained(tmp_path).final_hidden_scale == 1.0
+
+
+def test_alpha_plus_ln_head_starts_at_the_uniform_loss():
+    """With final_hidden_scale = 1 − α a head initialised for normalised inputs starts at about ln V; without, far above.
+
+    48 layers = 96 residual sums (attention, FFN): at init the stream is about Σ_{k<96} α^k LN(s_{96−k}), terms of
+    RMS 1 pointing nearly the same way (the stream dominates every sum), so its RMS is close to (1 − α^96)/(1 − α)
+    ≈ 35.4 and the loss follows from the logits' spread, not from the weights' draw.
+    """
+    fields = dict(vocab_size=512, hidden_size=64, num_hidden_layers=48, num_attention_heads=2,
+                  max_position_embeddings=64, residual_norm="foundation_ln", hidden_dropout_prob=0.0,
+                  attention_probs_dropout_prob=0.0, tie_word_embeddings=False)  # fmt: skip
+    ids = torch.randint(0, 512, (4, 64), generator=torch.Generator().manual_seed(0))
+    losses = {}
+    for scale in (1 - 0.974, 1.0):
+        torch.manual_seed(0)
+        model = DeepLNGPTForCausalLM(DeepLNGPTConfig(**fields, final_hidden_scale=scale)).eval()
+        with torch.no_grad():
+            out = model(ids, labels=ids, output_hidden_states=True)
+        losses[scale] = out.loss.item()
+        if scale == 1.0:
+            rms = out.hidden_states[-1].pow(2).mean().sqrt().item()
+            assert rms == pytest.approx((1 - 0.974**96) / (1 - 0.974), rel=0.1)
+    assert abs(losses[1 - 0.974] - math.log(512)) < 0.1, losses
+    assert losses[1.0] > math.log(512) + 1.0, losses
     with pytest.raises(ValueError, match="final_layer_norm must be True, False or None"):
         tiny_gpt(final_layer_norm="yes")
 

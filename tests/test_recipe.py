@@ -131,3 +131,14 @@ def test_benchmark_rows_only_beside_a_run_with_their_settings(flags, differs, ca
     lines = print_benchmark_rows(SimpleNamespace(args=parse_pretrain(flags)), {"eval_loss": 6.5})
     assert len(lines) == 1 and differs in lines[0] and "not shown" in lines[0]
     assert "stored benchmark:" not in capsys.readouterr().out
+
+
+def test_final_hidden_scale_flag_reaches_the_config_and_bad_values_are_input_errors():
+    """--final-hidden-scale C sets config.final_hidden_scale (the alpha*s + LN(s) ablation); C <= 0 is a clear error."""
+    from modeling_deepln.errors import DeepLNInputError
+
+    config = build_config("gpt-1k-cpu", config_overrides(parse_pretrain(["--final-hidden-scale", "0.026"])))
+    assert config.final_hidden_scale == 0.026
+    assert build_config("gpt-1k-cpu", config_overrides(parse_pretrain([]))).final_hidden_scale == 1.0
+    with pytest.raises(DeepLNInputError, match="final_hidden_scale must be a positive number"):
+        build_config("gpt-1k-cpu", config_overrides(parse_pretrain(["--final-hidden-scale", "0"])))

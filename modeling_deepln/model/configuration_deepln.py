@@ -44,6 +44,7 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "residual_beta": None,
     "post_norm_form": None,
     "final_layer_norm": None,
+    "final_hidden_scale": 1.0,
     "scale_output_init": False,
     "normformer_head_scale": True,
     "normformer_attn_norm": True,
@@ -164,6 +165,11 @@ class _DeepLNConfig(PretrainedConfig):
                 f"{name}.final_layer_norm must be True, False or None (the scheme's default), "
                 f"got {self.final_layer_norm!r}."
             )
+        scale = self.final_hidden_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
+            raise ValueError(
+                f"{name}.final_hidden_scale must be a positive number (1: no scale), got {scale!r}."
+            )
         if self.position_embedding_init not in POSITION_EMBEDDING_INITS:
             raise ValueError(
                 f"{name}.position_embedding_init must be one of {POSITION_EMBEDDING_INITS}, "
@@ -240,6 +246,13 @@ class DeepLNBertConfig(_DeepLNConfig):
             ``α·s + LN(s)`` is not normalised, and ``True`` gives the head a normalised input (loss at init ``ln V``
             instead of about twice that); measured to diverge in the 48-layer default run, so it is opt-in (README,
             "Residual-normalization schemes").
+        final_hidden_scale: multiply the last hidden state (after ``final_norm``, if any) by this constant before
+            the heads (default 1: nothing). In FoundationLayerNorm's ``α·s + LN(s)`` form the stream is a geometric
+            sum of the residual sums' LayerNorm outputs, of RMS up to ``1 / (1 − α)`` (38.5) at init, and ``1 − α``
+            turns it into their weighted average, so a head initialised for normalised inputs starts at loss
+            ``ln V`` (9.02 instead of 17.6 at 1,000 layers, hidden 32; 9.06 instead of 47.4 at hidden 256). Measured,
+            that start is not an improvement: the 1,000-layer ``gpt-1k-cpu`` run stays on the unigram plateau with it
+            where the unscaled form learns (README, "1,000 layers"), so it is an ablation, not a default.
         scale_output_init: init the attention-output and FFN-output weights with ``σ/sqrt(2N)``
             (GPT-2/Megatron scaled init) in schemes without β.
         normformer_head_scale, normformer_attn_norm, normformer_ffn_norm, normformer_residual_scale:

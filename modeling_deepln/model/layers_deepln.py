@@ -301,9 +301,10 @@ def run_blocks(
     cache: Any | None,
     output_attentions: bool,
     output_hidden_states: bool,
+    final_hidden_scale: float = 1.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor | None, ...] | None]:
-    """Run the stack of blocks (and the final LayerNorm of Pre-LN schemes).
+    """Run the stack of blocks (and the final LayerNorm of Pre-LN schemes, then ``config.final_hidden_scale``).
 
     Returns ``(last_hidden_state, all_hidden_states, all_attentions)``; the tuples are ``None`` unless asked for.
     ``all_hidden_states`` holds the embeddings output and every layer's output (the last one after the final
@@ -320,6 +321,8 @@ def run_blocks(
     )
     if final_norm is not None:
         hidden_states = final_norm(hidden_states)
+    if final_hidden_scale != 1.0:
+        hidden_states = hidden_states * final_hidden_scale
     if output_hidden_states:
         all_hidden_states += (hidden_states,)
     return (

@@ -136,6 +136,7 @@ class DeepLNBertModel(DeepLNBertPreTrainedModel):
             self.layers,
             self.final_norm,
             hidden_states,
+            final_hidden_scale=self.config.final_hidden_scale,
             attention_mask=mask,
             cache=None,
             output_attentions=output_attentions,

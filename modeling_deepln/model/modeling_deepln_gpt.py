@@ -121,6 +121,7 @@ class DeepLNGPTModel(DeepLNGPTPreTrainedModel):
             self.layers,
             self.final_norm,
             hidden_states,
+            final_hidden_scale=self.config.final_hidden_scale,
             attention_mask=mask,
             cache=cache,
             output_attentions=output_attentions,

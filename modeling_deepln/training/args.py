@@ -47,6 +47,10 @@ class PretrainArgs:
     final_layer_norm: bool | None = None
     """A final LayerNorm before the head, whatever the scheme (default: the preset's, or the new scheme's when
     ``--residual-norm`` / ``--post-norm-form`` changes it: yes for the Pre-LN schemes only)."""
+    final_hidden_scale: float | None = None
+    """Multiply the last hidden state by this before the head (default: the preset's, 1 in every preset). The
+    ablation of the README's "1,000 layers": ``0.026`` (``1 − α``) starts FoundationLayerNorm's ``α·s + LN(s)`` form
+    at loss ``ln V`` and keeps it on the unigram plateau."""
     num_layers: int | None = None
     """Override ``num_hidden_layers``."""
     hidden_size: int | None = None
@@ -171,6 +175,8 @@ class FinetuneArgs:
     """With ``preset``: the Post-LN family's form, ``ln`` or ``alpha_plus_ln`` (default: as for ``pretrain``)."""
     final_layer_norm: bool | None = None
     """With ``preset``: a final LayerNorm before the head, on or off (default: as for ``pretrain``)."""
+    final_hidden_scale: float | None = None
+    """With ``preset``: the last hidden state's scale before the head (default: as for ``pretrain``)."""
     num_layers: int | None = None
     """With ``preset``: override ``num_hidden_layers``."""
     hidden_size: int | None = None

@@ -24,6 +24,7 @@ def add_model_shape_arguments(parser: argparse.ArgumentParser, docs: dict[str, s
     add_option(parser, docs, "--residual-norm", "residual_norm", metavar="SCHEME")
     add_option(parser, docs, "--post-norm-form", "post_norm_form", choices=["ln", "alpha_plus_ln"])
     add_option(parser, docs, "--final-layer-norm", "final_layer_norm", action=argparse.BooleanOptionalAction)
+    add_option(parser, docs, "--final-hidden-scale", "final_hidden_scale", type=float, metavar="C")
     add_option(parser, docs, "--num-layers", "num_layers", type=int, metavar="N")
     add_option(parser, docs, "--hidden-size", "hidden_size", type=int, metavar="N")
     add_option(parser, docs, "--num-heads", "num_heads", type=int, metavar="N")

@@ -26,6 +26,8 @@ def config_overrides(a: PretrainArgs | FinetuneArgs) -> dict[str, Any]:
         overrides["post_norm_form"] = a.post_norm_form
     if getattr(a, "final_layer_norm", None) is not None:
         overrides["final_layer_norm"] = a.final_layer_norm
+    if getattr(a, "final_hidden_scale", None) is not None:
+        overrides["final_hidden_scale"] = a.final_hidden_scale
     if a.num_layers is not None:
         overrides["num_hidden_layers"] = a.num_layers
     if a.hidden_size is not None:

@@ -135,7 +135,8 @@ def print_benchmark_rows(run: Any, metrics: dict[str, float]) -> list[str]:
     stored rows' (data, model shape, vocabulary, steps, batch, ...); otherwise one line says what differs. Returns
     the printed lines."""
     a = run.args
-    if a.residual_norm is not None or a.post_norm_form is not None or a.final_layer_norm is not None:
+    if any(getattr(a, field, None) is not None for field in ("residual_norm", "post_norm_form", "final_layer_norm",
+                                                             "final_hidden_scale")):  # fmt: skip
         return []
     stored = load_benchmarks(a.preset)
     if not stored.get("rows"):
