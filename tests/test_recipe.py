@@ -142,3 +142,31 @@ def test_final_hidden_scale_flag_reaches_the_config_and_bad_values_are_input_err
     assert build_config("gpt-1k-cpu", config_overrides(parse_pretrain([]))).final_hidden_scale == 1.0
     with pytest.raises(DeepLNInputError, match="final_hidden_scale must be a positive number"):
         build_config("gpt-1k-cpu", config_overrides(parse_pretrain(["--final-hidden-scale", "0"])))
+
+
+def test_a_smaller_vocabulary_drops_the_presets_special_ids_outside_it():
+    """gpt-1k names GPT-2's 50,256 as bos/eos; with --vocab-size 8192 (a trained tokenizer) they become None (the run
+    takes them from its tokenizer) instead of out-of-range ids that transformers warns about."""
+    import logging
+
+    def warnings_of(build):
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logger = logging.getLogger("transformers")  # it does not propagate to the root logger (caplog)
+        logger.addHandler(handler)
+        try:
+            return build(), [r.getMessage() for r in records if "within the vocabulary" in r.getMessage()]
+        finally:
+            logger.removeHandler(handler)
+
+    assert build_config("gpt-1k", {}).bos_token_id == 50256
+    # sizes no other test uses: transformers logs each distinct message once per process
+    args = config_overrides(parse_pretrain(["--preset", "gpt-1k", "--vocab-size", "8189"]))
+    config, warned = warnings_of(lambda: build_config("gpt-1k", args))
+    assert (config.vocab_size, config.bos_token_id, config.eos_token_id) == (8189, None, None)
+    assert warned == []
+    _, warned = warnings_of(lambda: DeepLNGPTConfig(vocab_size=8187, bos_token_id=50255))  # what it was
+    assert warned, "the check above would not see the warning"
+    assert build_config("gpt-1k-cpu", {"vocab_size": 4096}).eos_token_id == 0  # ids inside the vocabulary stay
+    assert build_config("gpt-1k", {"vocab_size": 8192, "eos_token_id": 3}).eos_token_id == 3  # given ones stay

@@ -46,7 +46,17 @@ def config_overrides(a: PretrainArgs | FinetuneArgs) -> dict[str, Any]:
 
 
 def build_config(preset: str, overrides: dict[str, Any]):
+    """The preset's config with ``overrides``. A smaller ``vocab_size`` drops the preset's special-token ids that fall
+    outside it (``gpt-1k``'s 50,256 with a trained 8,192-token vocabulary), which the run then takes from its
+    tokenizer, instead of a config that transformers warns is out of range."""
     try:
+        vocab_size = overrides.get("vocab_size")
+        if vocab_size is not None:
+            preset_config = load_preset(preset)
+            for field in ("bos_token_id", "eos_token_id", "pad_token_id"):
+                token_id = getattr(preset_config, field, None)
+                if field not in overrides and isinstance(token_id, int) and token_id >= vocab_size:
+                    overrides = {**overrides, field: None}
         return load_preset(preset, **overrides)
     except ValueError as exc:
         raise DeepLNInputError(str(exc)) from exc
