@@ -9,8 +9,8 @@ perplexity ratio, steps, tokens/s and wall time. The schedule runs over ``--step
 ``--num-layers 2 --steps 2 --use-cpu``).
 
 Measured on one H200 (2026-12): a 1,000-layer step takes 2.5-3.3 s (host-bound), so the default 2.2-minute cap
-stops each preset after about 50 of its 300 steps (about 5 minutes for both); the full 300 steps of both take about
-25 minutes (``--max-minutes 15``).
+stops each preset after roughly 50-60 of its 300 steps (about 5 minutes for both); the full 300 steps of both would
+take an estimated 25 minutes (``--max-minutes 15``; not run).
 
     python scripts/gpu_depth_check.py                       # both presets, default recipes, 300 steps each
     python scripts/gpu_depth_check.py --recipe paper        # the paper's recipes
