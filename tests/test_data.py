@@ -6,6 +6,7 @@ are trained here with small vocabularies, and task files are written to ``tmp_pa
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -151,6 +152,24 @@ def test_missing_gensim_message(monkeypatch):
     monkeypatch.setattr(corpus_mod.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"pip install 'deepln\[corpus\]'"):
         corpus_mod.wiki_dump_path()
+
+
+def test_without_gensim_a_copied_corpus_cache_is_used(monkeypatch, tmp_path, capsys):
+    """No gensim: the newest cache of this clean-up version under $DEEPLN_CACHE (copied from a machine with gensim)
+    is the corpus; another version's cache is not; with none the error says what to install."""
+    monkeypatch.setattr(corpus_mod.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("DEEPLN_CACHE", str(tmp_path))
+    stale = tmp_path / f"wiki_articles-v{corpus_mod._CLEANUP_VERSION - 1}-0123456789ab.jsonl"
+    stale.write_text(json.dumps({"title": "Old", "text": "x" * 600}) + "\n")
+    with pytest.raises(FileNotFoundError, match=r"copy the corpus cache"):
+        corpus_mod.wiki_articles()
+    articles = [{"title": f"T{i}", "text": f"Article {i}. " + "words " * 120} for i in range(3)]
+    cached = tmp_path / f"wiki_articles-v{corpus_mod._CLEANUP_VERSION}-0123456789ab.jsonl"
+    cached.write_text("".join(json.dumps(a) + "\n" for a in articles))
+    assert corpus_mod.wiki_articles() == [f"{a['title']}\n{a['text']}" for a in articles]
+    assert f"using the embedded corpus cached in {cached}" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError):  # refresh needs gensim to rebuild
+        corpus_mod.wiki_articles(refresh=True)
 
 
 # --------------------------------------------------------------------------- tokenizers

@@ -16,7 +16,8 @@ items that are mere references, table remnants) and returns plain prose articles
 
 The third-party text is never copied into this repository: it is read from the
 installed ``gensim`` package (``pip install 'deepln[corpus]'``) and the cleaned result is
-cached under ``$DEEPLN_CACHE`` (default ``~/.cache/deepln/``) so repeated runs are instant.
+cached under ``$DEEPLN_CACHE`` (default ``~/.cache/deepln/``) so repeated runs are instant; a machine without gensim
+uses a cache copied there from one with it.
 
 Measured (gensim 4.4.0, 2 CPU cores)
 ------------------------------------
@@ -123,7 +124,8 @@ def wiki_dump_path() -> Path:
             "The embedded English corpus needs the 'gensim' package, which ships the "
             "Wikipedia test dump it is built from, but gensim is not installed. "
             "Install it with: pip install 'deepln[corpus]' (or pip install gensim), "
-            "or pass your own text data instead of using the default corpus."
+            "or pass your own text data instead of using the default corpus (or copy the corpus cache, "
+            "$DEEPLN_CACHE/wiki_articles-v*.jsonl, from a machine with gensim)."
         )
     path = Path(spec.origin).parent / WIKI_DUMP_RELATIVE_PATH
     if not path.is_file():
@@ -233,7 +235,22 @@ def _cache_file(dump: Path) -> Path:
     stat = dump.stat()
     key = f"{dump}:{stat.st_size}:{int(stat.st_mtime)}:v{_CLEANUP_VERSION}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    return cache_dir() / f"wiki_articles-{digest}.jsonl"
+    return cache_dir() / f"wiki_articles-v{_CLEANUP_VERSION}-{digest}.jsonl"
+
+
+def _cache_without_gensim() -> Path | None:
+    """The newest cache of this clean-up version, for a machine without gensim whose ``$DEEPLN_CACHE`` was copied
+    from one with it (a GPU machine that has no package index, say); ``None`` if there is none."""
+    try:
+        files = sorted(cache_dir().glob(f"wiki_articles-v{_CLEANUP_VERSION}-*.jsonl"), key=lambda p: p.stat().st_mtime)
+    except OSError:
+        return None
+    return files[-1] if files else None
+
+
+def _read_cache(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
 
 
 def _build_articles(dump: Path) -> list[dict[str, str]]:
@@ -258,13 +275,20 @@ def _build_articles(dump: Path) -> list[dict[str, str]]:
 
 
 def _load_or_build(refresh: bool = False) -> list[dict[str, str]]:
-    """Return all cleaned articles, from the cache when it is valid."""
-    dump = wiki_dump_path()
+    """Return all cleaned articles, from the cache when it is valid (without gensim: from a copied cache)."""
+    try:
+        dump = wiki_dump_path()
+    except CorpusNotAvailableError:
+        cached = None if refresh else _cache_without_gensim()
+        if cached is None:
+            raise
+        articles = _read_cache(cached)
+        print(f"[deepln] gensim is not installed: using the embedded corpus cached in {cached}", flush=True)
+        return articles
     path = _cache_file(dump)
     if path.is_file() and not refresh:
         try:
-            with path.open(encoding="utf-8") as fh:
-                return [json.loads(line) for line in fh if line.strip()]
+            return _read_cache(path)
         except (OSError, json.JSONDecodeError):
             pass  # corrupt cache: rebuild below
     articles = _build_articles(dump)
