@@ -163,6 +163,8 @@ def test_final_layer_norm_of_configs_saved_before_the_field(tmp_path):
     assert load_preset("gpt-deep-small").final_layer_norm is False
     assert load_preset("gpt-deep-small", residual_norm="pre_ln").final_layer_norm is True
     assert load_preset("gpt-deep-small", final_layer_norm=True).final_layer_norm is True
+    with pytest.raises(ValueError, match="final_layer_norm must be True, False or None"):
+        tiny_gpt(final_layer_norm="yes")
 
 
 def test_final_hidden_scale_is_opt_in_and_validated():
@@ -229,8 +231,6 @@ def test_alpha_plus_ln_head_starts_at_the_uniform_loss():
             assert rms == pytest.approx((1 - 0.974**96) / (1 - 0.974), rel=0.1)
     assert abs(losses[1 - 0.974] - math.log(512)) < 0.1, losses
     assert losses[1.0] > math.log(512) + 1.0, losses
-    with pytest.raises(ValueError, match="final_layer_norm must be True, False or None"):
-        tiny_gpt(final_layer_norm="yes")
 
 
 # --------------------------------------------------------------------------------------------------------------
