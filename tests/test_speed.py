@@ -5,6 +5,8 @@
 * ``torch.compile(model)`` compiles one block for all layers and gives the eager loss and gradients; the same
   through ``TrainingArguments(torch_compile=True)``;
 * ``cache_implementation="static"`` generates the dynamic cache's greedy tokens, with and without compile;
+* ``generate`` through transposed weight copies gives the plain path's tokens and scores, also after the weights
+  change between calls;
 * the token-id check keeps its error on CPU and under compile (async assert);
 * ``deepln bench --quick`` writes its table, and the FLOP formula matches torch's FLOP counter;
 * the GPU script runs on CPU with a tiny shape.
@@ -292,6 +294,82 @@ def test_fused_qkv_is_used_only_where_the_rows_amortise_the_weight_copy(monkeypa
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5 * float(w.abs().max()))
 
 
+def _greedy_scores(model, prompt, **kwargs):
+    out = model.generate(
+        prompt, max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True,
+        pad_token_id=0, **kwargs,
+    )  # fmt: skip
+    return out.sequences, torch.stack(out.scores)
+
+
+def _assert_scores_close(got, want):
+    """fp32 logits of two summation orders: relative to the largest logit (width 32: a few ulps of it)."""
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
+
+
+def test_generate_through_transposed_weight_copies_equals_the_plain_path():
+    """On a CPU ``generate`` multiplies the decode steps (batch <= 4) by transposed copies of the fused QKV, fc1
+    and LM-head weights: the same greedy tokens and scores as with ``transposed_decode_weights=False``; only
+    weights with more outputs than inputs get a copy; ``model.train()`` frees them."""
+    from modeling_deepln.model import layers_deepln
+
+    torch.manual_seed(0)
+    model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=2)).eval()
+    assert model.config.transposed_decode_weights is True
+    for prompt in (torch.randint(1, 97, (1, 5)), torch.randint(1, 97, (3, 4))):
+        model.config.transposed_decode_weights = False
+        want_ids, want_scores = _greedy_scores(model, prompt)
+        assert not any(m in layers_deepln._transposed_copies for m in model.modules())
+        model.config.transposed_decode_weights = True
+        got_ids, got_scores = _greedy_scores(model, prompt)
+        assert torch.equal(got_ids, want_ids)
+        _assert_scores_close(got_scores, want_scores)
+    block = model.transformer.layers[0]
+    copied = {m for m in model.modules() if m in layers_deepln._transposed_copies}
+    layers = model.transformer.layers
+    assert copied == {model.lm_head, *(layer.attention for layer in layers), *(layer.mlp.fc1 for layer in layers)}
+    qkv = torch.cat([block.attention.q_proj.weight, block.attention.k_proj.weight, block.attention.v_proj.weight])
+    assert torch.equal(layers_deepln._transposed_copies[block.attention].weight, qkv.t())
+    model.train()
+    assert not any(m in layers_deepln._transposed_copies for m in model.modules())
+
+
+def test_transposed_weight_copies_follow_weights_changed_between_generate_calls():
+    """Weights edited between two calls, through ``.data`` (no version bump, as PEFT's LoRA merge does) or an
+    optimizer step, are read afresh; a call under ``torch.inference_mode()`` leaves copies later calls can refresh;
+    hooks on ``fc1`` (an adapter, a monitor) still see their calls."""
+    torch.manual_seed(0)
+    model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=2)).eval()
+    prompt = torch.randint(1, 97, (1, 5))
+    with torch.inference_mode():
+        _greedy_scores(model, prompt)
+    with torch.no_grad():
+        for layer in model.transformer.layers:
+            layer.mlp.fc1.weight.data.mul_(-1.5)
+            layer.attention.k_proj.weight.data.add_(0.3)
+        model.lm_head.weight.data.add_(torch.randn_like(model.lm_head.weight))
+    got_ids, got_scores = _greedy_scores(model, prompt)
+    model.config.transposed_decode_weights = False
+    want_ids, want_scores = _greedy_scores(model, prompt)
+    assert torch.equal(got_ids, want_ids)
+    _assert_scores_close(got_scores, want_scores)
+    model.config.transposed_decode_weights = True
+    _greedy_scores(model, prompt)
+    ids = torch.randint(1, 97, (2, 7))
+    model(ids, labels=ids).loss.backward()  # eval mode: the copies are kept across the step
+    torch.optim.AdamW(model.parameters(), lr=0.05).step()
+    got_ids, got_scores = _greedy_scores(model, prompt)
+    model.config.transposed_decode_weights = False
+    want_ids, want_scores = _greedy_scores(model, prompt)
+    assert torch.equal(got_ids, want_ids)
+    _assert_scores_close(got_scores, want_scores)
+    model.config.transposed_decode_weights = True
+    seen = []
+    model.transformer.layers[1].mlp.fc1.register_forward_hook(lambda *args: seen.append(1))
+    _greedy_scores(model, prompt)
+    assert len(seen) == 6  # the prefill and five decode steps went through the hooked module
+
+
 def test_pretrain_compile_flag_reaches_training_arguments(tmp_path):
     from modeling_deepln.cli import build_parser
     from modeling_deepln.training.args import PretrainArgs, resolve_pretrain_args
@@ -310,22 +388,27 @@ def test_fast_path_switches_are_saved_config_fields_and_old_configs_load(tmp_pat
     model built from the config; a config.json written before the fields existed loads with the defaults."""
     from modeling_deepln import DeepLNBertConfig, DeepLNGPTConfig
 
-    model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=1, fused_lm_loss=True, fuse_qkv=False))
+    config = tiny_gpt_config(layers=1, fused_lm_loss=True, fuse_qkv=False, transposed_decode_weights=False)
+    model = DeepLNGPTForCausalLM(config)
     assert model.fused_lm_loss is True  # the model attribute reads the config
     model.save_pretrained(tmp_path / "gpt")
     again = DeepLNGPTForCausalLM.from_pretrained(tmp_path / "gpt")
     assert again.config.fused_lm_loss is True and again.config.fuse_qkv is False
+    assert again.config.transposed_decode_weights is False
     ids = torch.randint(0, 97, (2, 5))
     assert again.train()(ids, labels=ids).logits is None
     model.fused_lm_loss = False  # the old attribute spelling sets the config field
     assert model.config.fused_lm_loss is False
-    old = {k: v for k, v in again.config.to_dict().items() if k not in ("fused_lm_loss", "fuse_qkv")}
+    fields = ("fused_lm_loss", "fuse_qkv", "transposed_decode_weights")
+    old = {k: v for k, v in again.config.to_dict().items() if k not in fields}
     loaded = DeepLNGPTConfig.from_dict(old)
-    assert loaded.fused_lm_loss is False and loaded.fuse_qkv is True
+    assert loaded.fused_lm_loss is False and loaded.fuse_qkv is True and loaded.transposed_decode_weights is True
     bert = DeepLNBertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, sparse_mlm_loss=True)
     assert DeepLNBertConfig.from_dict(bert.to_dict()).sparse_mlm_loss is True
     with pytest.raises(ValueError, match="fuse_qkv must be True or False"):
         DeepLNBertConfig(fuse_qkv="yes")
+    with pytest.raises(ValueError, match="transposed_decode_weights must be True or False"):
+        DeepLNGPTConfig(transposed_decode_weights=1)
 
 
 def test_pretrain_model_turns_on_the_training_fast_paths_in_its_config():

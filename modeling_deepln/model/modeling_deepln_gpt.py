@@ -32,11 +32,15 @@ from .layers_deepln import (
     build_blocks,
     check_input_ids,
     check_sequence_length,
+    decode_linear,
+    is_plain_linear,
     keep_last_positions,
     linear_cross_entropy,
     pop_loss_kwargs,
     position_embeddings,
+    release_transposed_copies,
     run_blocks,
+    transposed_decode_weights,
 )
 
 logger = logging.get_logger(__name__)
@@ -147,6 +151,10 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
     computes the LM head and the cross-entropy together in chunks (:func:`layers_deepln.linear_cross_entropy`) and
     returns ``logits=None``, as transformers does under Liger's ``use_liger_kernel``. ``deepln pretrain`` turns it
     on; code that reads ``outputs.logits`` while training (e.g. TRL's token accuracy) keeps the default.
+
+    ``config.transposed_decode_weights`` (on by default): on a CPU, ``generate`` multiplies the decode steps' QKV,
+    FFN-in and LM-head weights through transposed copies refreshed for each call
+    (:func:`layers_deepln.transposed_decode_weights`).
     """
 
     _tied_weights_keys = {"lm_head.weight": "transformer.token_embeddings.weight"}
@@ -169,6 +177,16 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """``GenerationMixin.generate``; on a CPU with ``config.transposed_decode_weights``, its matrix-vector
+        products read transposed weight copies refreshed for this call
+        (:func:`layers_deepln.transposed_decode_weights`)."""
+        enabled = getattr(self.config, "transposed_decode_weights", True)
+        if not enabled:
+            release_transposed_copies(self)
+        with transposed_decode_weights(enabled):
+            return super().generate(*args, **kwargs)
 
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings
@@ -222,7 +240,9 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
             # returned when training with labels).
             loss = linear_cross_entropy(hidden_states, self.lm_head.weight, labels, **loss_kwargs)
         else:
-            logits = self.lm_head(hidden_states)
+            head = self.lm_head
+            decoded = decode_linear(head, hidden_states, (head,)) if is_plain_linear(head) else None
+            logits = head(hidden_states) if decoded is None else decoded
             if labels is not None:
                 loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)
         output = CausalLMOutputWithPast(
