@@ -332,6 +332,11 @@ def test_generate_through_transposed_weight_copies_equals_the_plain_path():
     assert torch.equal(layers_deepln._transposed_copies[block.attention].weight, qkv.t())
     model.train()
     assert not any(m in layers_deepln._transposed_copies for m in model.modules())
+    narrow = DeepLNGPTForCausalLM(tiny_gpt_config(layers=1, intermediate_size=16)).eval()  # fc1: 16 outputs < 32
+    narrow_ids, _ = _greedy_scores(narrow, prompt)
+    assert layers_deepln._transposed_copies[narrow.transformer.layers[0].mlp.fc1].weight is None
+    narrow.config.transposed_decode_weights = False
+    assert torch.equal(_greedy_scores(narrow, prompt)[0], narrow_ids)
 
 
 def test_transposed_weight_copies_follow_weights_changed_between_generate_calls():
