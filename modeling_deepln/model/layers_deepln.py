@@ -105,13 +105,15 @@ def _refresh_transposed_copy(
     owner: nn.Module, hidden_states: torch.Tensor, linears: tuple[nn.Linear, ...], call: object
 ) -> _TransposedCopy:
     """Write ``cat(weights)ᵀ`` into ``owner``'s kept buffer (allocated on first use) for the ``generate`` call
-    ``call``; for weights the path does not serve (on an accelerator, another dtype than ``hidden_states``, no more
-    outputs than inputs) an empty entry that says so for the rest of the call. Outside inference mode: the buffer
+    ``call``; for weights the path does not serve (on an accelerator, a tensor subclass, another dtype than
+    ``hidden_states``, no more outputs than inputs) an empty entry that says so for the rest of the call. Outside inference mode: the buffer
     outlives a call made under ``torch.inference_mode()``."""
     weights = [linear.weight for linear in linears]
     shape = (weights[0].shape[1], sum(weight.shape[0] for weight in weights))
     copy = _transposed_copies.get(owner)
     served = weights[0].device.type == "cpu" and hidden_states.device.type == "cpu" and shape[1] > shape[0]
+    # dense float weights only: a tensor subclass (torchao quantization, DTensor) multiplies in its own way
+    served = served and all(type(weight.data) is torch.Tensor for weight in weights)
     if not served or weights[0].dtype != hidden_states.dtype:
         copy = _transposed_copies[owner] = _TransposedCopy(None)
     else:
