@@ -29,6 +29,10 @@ __all__ = [
     "forward_flops_per_token",
     "PeakMemory",
     "timed_build",
+    "interleaved_median_seconds",
+    "train_step",
+    "inference_step",
+    "generation_step",
     "train_step_seconds",
     "inference_seconds",
     "generation_tokens_per_second",
@@ -160,22 +164,35 @@ def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
 
 
 def _median_seconds(step: Callable[[], None], device: torch.device, steps: int, warmup: int = 1) -> float:
+    return interleaved_median_seconds({"step": step}, device, steps, warmup)["step"]
+
+
+def interleaved_median_seconds(
+    steps: dict[str, Callable[[], None]], device: torch.device, rounds: int, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds of each named step over ``rounds`` rounds, each round running every step once in turn (after
+    ``warmup`` untimed rounds). A machine whose speed drifts while the benchmark runs (a shared or virtual one:
+    the same step took 3.97 and 4.85 s in two runs minutes apart) then slows every contestant alike, and their
+    ratios stay meaningful."""
     for _ in range(warmup):
-        step()
+        for step in steps.values():
+            step()
     synchronize(device)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) if times else 0.0
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) if values else 0.0 for name, values in times.items()}
 
 
-def train_step_seconds(
-    model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype, steps: int
-) -> float:
-    """Median seconds of one training step: forward with labels, backward, AdamW step (fused on CUDA)."""
+def train_step(
+    model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
+) -> Callable[[], None]:
+    """One training step per call: forward with labels, backward, AdamW step (fused on CUDA; the optimizer and its
+    state persist across calls). Puts ``model`` in training mode."""
     model.train()
     fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, **fused)
@@ -187,13 +204,14 @@ def train_step_seconds(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return _median_seconds(step, device, steps)
+    return step
 
 
-def inference_seconds(
-    model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype, steps: int
-) -> float:
-    """Median seconds of one inference forward (eval mode, no grad, no KV cache) over ``batch["input_ids"]``."""
+def inference_step(
+    model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
+) -> Callable[[], None]:
+    """One inference forward per call (eval mode, no grad, no KV cache) over ``batch["input_ids"]``. Puts ``model``
+    in eval mode."""
     model.eval()
     inputs = {"input_ids": batch["input_ids"]}
 
@@ -201,15 +219,14 @@ def inference_seconds(
         with torch.inference_mode(), autocast(device, dtype):
             model(**inputs, **({"use_cache": False} if hasattr(model, "generate") else {}))
 
-    return _median_seconds(step, device, steps)
+    return step
 
 
-def generation_tokens_per_second(
+def generation_step(
     model: nn.Module, prompt: torch.Tensor, new_tokens: int, device: torch.device, dtype: torch.dtype, **generate: Any
-) -> tuple[float, torch.Tensor]:
-    """Greedy ``generate`` with the KV cache at batch ``prompt.shape[0]``: new tokens per second (median of five
-    timed runs after a warm-up; a run of 32 tokens takes about a second on a CPU, where two runs drifted by 20 %)
-    and the generated ids (to compare fast paths)."""
+) -> tuple[Callable[[], None], list[torch.Tensor]]:
+    """One greedy ``generate`` of exactly ``new_tokens`` tokens with the KV cache per call, and the list that holds
+    the last call's ids (to compare fast paths). Puts ``model`` in eval mode."""
     model.eval()
     options = dict(
         max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True,
@@ -221,5 +238,28 @@ def generation_tokens_per_second(
         with torch.inference_mode(), autocast(device, dtype):
             output[:] = [model.generate(prompt, attention_mask=torch.ones_like(prompt), **options)]
 
+    return step, output
+
+
+def train_step_seconds(
+    model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype, steps: int
+) -> float:
+    """Median seconds of one :func:`train_step` over ``steps`` steps after a warm-up."""
+    return _median_seconds(train_step(model, batch, device, dtype), device, steps)
+
+
+def inference_seconds(
+    model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype, steps: int
+) -> float:
+    """Median seconds of one :func:`inference_step` over ``steps`` forwards after a warm-up."""
+    return _median_seconds(inference_step(model, batch, device, dtype), device, steps)
+
+
+def generation_tokens_per_second(
+    model: nn.Module, prompt: torch.Tensor, new_tokens: int, device: torch.device, dtype: torch.dtype, **generate: Any
+) -> tuple[float, torch.Tensor]:
+    """Greedy ``generate`` (:func:`generation_step`) at batch ``prompt.shape[0]``: new tokens per second (median of
+    five timed runs after a warm-up; a run of 32 tokens takes about a second on a CPU) and the generated ids."""
+    step, output = generation_step(model, prompt, new_tokens, device, dtype, **generate)
     seconds = _median_seconds(step, device, steps=5)
     return prompt.shape[0] * new_tokens / seconds, output[0]

@@ -14,6 +14,8 @@ Every contestant is a :class:`Contestant`: a name, a ``build()`` returning a mod
 
 from __future__ import annotations
 
+import copy
+
 import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -93,7 +95,7 @@ def _deepln(config: Any, scheme: str, shortcuts: bool, peer: str) -> Contestant:
     scheme_config = type(config).from_dict(fields)
 
     def build() -> nn.Module:
-        model = cls(scheme_config)
+        model = cls(copy.deepcopy(scheme_config))  # its own config: models built side by side set their own flags
         # the head shortcut on or off explicitly, whatever the default (the path deepln pretrain uses when on)
         setattr(model, "fused_lm_loss" if cls is DeepLNGPTForCausalLM else "sparse_mlm_loss", shortcuts)
         return model

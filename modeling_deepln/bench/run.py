@@ -8,7 +8,9 @@ Cases (``BenchOptions.cases``):
   (deepln also with ``cache_implementation="static"``).
 * ``gpt1k``: one gpt-1k training step with activation checkpointing (deepln only: minutes on a CPU).
 
-Each row holds the contestant's value, the kind of work it does (equal work, deepln-only shortcuts, own scheme)
+The contestants of a case are built side by side and their steps interleaved (each round runs every contestant's
+training step, then inference forward, then generation, once in turn; the median over rounds), so a machine whose
+speed drifts during the run slows them alike. Each row holds the contestant's value, the kind of work it does (equal work, deepln-only shortcuts, own scheme)
 and its ratio to the peer it names (``Row.peer``: ``GPT2LMHeadModel``, ``BertForMaskedLM`` or, under
 ``--compile``, the compiled peer), measured in the same run.
 """
@@ -26,11 +28,14 @@ from ..presets import load_preset
 from .measure import (
     decode_bytes_per_token,
     forward_flops_per_token,
-    generation_tokens_per_second,
-    inference_seconds,
+    generation_step,
+    inference_step,
+    interleaved_median_seconds,
     matmul_peak_flops,
     memory_bandwidth,
+    synchronize,
     timed_build,
+    train_step,
     train_step_seconds,
 )
 from .models import EQUAL_WORK, OWN_SCHEME, PEER, SHORTCUTS, Contestant, contestants_for
@@ -178,55 +183,77 @@ def bench_build(options: BenchOptions) -> list[Row]:
     return rows
 
 
+GENERATION_ROUNDS = 5
+"""Timed generations per contestant (a 32-token greedy ``generate`` takes about a second on a CPU)."""
+
+
 def _throughput_rows(
-    case: str, contestant: Contestant, model: Any, config: Any, batch: dict[str, torch.Tensor],
+    case: str, contestants: list[Contestant], models: dict[str, Any], config: Any, batch: dict[str, torch.Tensor],
     options: BenchOptions, peak: float,
 ) -> list[Row]:  # fmt: skip
-    """Training (and, unless the contestant only adds a training shortcut, inference) throughput; for a compiled
-    contestant also the compile time (its first step minus a steady one)."""
+    """Training throughput of every contestant and inference throughput of those that do not only add a training
+    shortcut, the contestants' steps interleaved (:func:`interleaved_median_seconds`); for a compiled contestant
+    also the compile time (its first step minus a steady one)."""
     tokens = batch["input_ids"].numel()
     flops = forward_flops_per_token(config, options.seq_len) * tokens
     device, dtype = options.torch_device, options.torch_dtype
-    labels = {"work": contestant.work, "peer": contestant.peer}
-    compiled = "compile" in contestant.name
-    if compiled:  # time the first step, which compiles
-        first = time.perf_counter()
-        train_step_seconds(model, batch, device, dtype, steps=0)
-        first = time.perf_counter() - first
-    train = train_step_seconds(model, batch, device, dtype, options.steps)
-    rows = [Row(case, "train tok/s", contestant.name, tokens / train, "tok/s", **labels,
-                of_peak=3 * flops / train / peak)]  # fmt: skip
-    if compiled:
-        rows.append(Row(case, "compile s (first step - steady step)", contestant.name, max(first - train, 0.0), "s",
-                        **labels))  # fmt: skip
-    if contestant.work == SHORTCUTS:  # the shortcut changes the training loss only
-        options.log(f"  {contestant.name} ({case}): train {train:.3f} s/step")
-        return rows
-    infer = inference_seconds(model, batch, device, dtype, options.steps)
-    rows.append(Row(case, "inference tok/s", contestant.name, tokens / infer, "tok/s", **labels,
-                    of_peak=flops / infer / peak))  # fmt: skip
-    options.log(f"  {contestant.name} ({case}): train {train:.3f} s/step, inference {infer:.3f} s/batch")
+    steps = {c.name: train_step(models[c.name], batch, device, dtype) for c in contestants}
+    first = {}
+    for contestant in contestants:
+        if "compile" in contestant.name:  # time the first step, which compiles
+            start = time.perf_counter()
+            steps[contestant.name]()
+            synchronize(device)
+            first[contestant.name] = time.perf_counter() - start
+    train = interleaved_median_seconds(steps, device, options.steps)
+    del steps
+    inferring = [c for c in contestants if c.work != SHORTCUTS]  # a shortcut changes the training loss only
+    infer = interleaved_median_seconds(
+        {c.name: inference_step(models[c.name], batch, device, dtype) for c in inferring}, device, options.steps
+    )
+    rows = []
+    for contestant in contestants:
+        name, labels = contestant.name, {"work": contestant.work, "peer": contestant.peer}
+        rows.append(Row(case, "train tok/s", name, tokens / train[name], "tok/s", **labels,
+                        of_peak=3 * flops / train[name] / peak))  # fmt: skip
+        if name in first:
+            rows.append(Row(case, "compile s (first step - steady step)", name, max(first[name] - train[name], 0.0),
+                            "s", **labels))  # fmt: skip
+        if name in infer:
+            rows.append(Row(case, "inference tok/s", name, tokens / infer[name], "tok/s", **labels,
+                            of_peak=flops / infer[name] / peak))  # fmt: skip
+        inference = f", inference {infer[name]:.3f} s/batch" if name in infer else ""
+        options.log(f"  {name} ({case}): train {train[name]:.3f} s/step{inference}")
     return rows
 
 
 def _generation_rows(
-    case: str, contestant: Contestant, model: Any, config: Any, options: BenchOptions, bandwidth: float
-) -> list[Row]:
+    case: str, contestants: list[Contestant], models: dict[str, Any], config: Any, options: BenchOptions,
+    bandwidth: float,
+) -> list[Row]:  # fmt: skip
+    """Greedy generation at batch 1 of every contestant (deepln also with the static cache), the generations
+    interleaved, median of :data:`GENERATION_ROUNDS`."""
     prompt = torch.randint(0, config.vocab_size, (1, options.prompt_len), generator=torch.Generator().manual_seed(1))
     prompt = prompt.to(options.device)
-    implementations = ["dynamic", "static"] if contestant.is_deepln else ["dynamic"]
-    weight_bytes = decode_bytes_per_token(model)
+    steps, outputs, runs = {}, {}, {}
+    for contestant in contestants:
+        for implementation in ["dynamic", "static"] if contestant.is_deepln else ["dynamic"]:
+            extra = {} if implementation == "dynamic" else {"cache_implementation": "static"}
+            label = contestant.name + ("" if implementation == "dynamic" else " static cache")
+            steps[label], outputs[label] = generation_step(
+                models[contestant.name], prompt, options.new_tokens, options.torch_device, options.torch_dtype,
+                **extra,
+            )  # fmt: skip
+            runs[label] = contestant
+    seconds = interleaved_median_seconds(steps, options.torch_device, GENERATION_ROUNDS)
     rows = []
-    for implementation in implementations:
-        extra = {} if implementation == "dynamic" else {"cache_implementation": "static"}
-        speed, ids = generation_tokens_per_second(
-            model, prompt, options.new_tokens, options.torch_device, options.torch_dtype, **extra
-        )
-        label = contestant.name + ("" if implementation == "dynamic" else " static cache")
+    for label, contestant in runs.items():
+        speed = options.new_tokens / seconds[label]
+        weight_bytes = decode_bytes_per_token(models[contestant.name])
         of_bandwidth = weight_bytes * speed / bandwidth
         rows.append(Row(case, "greedy generate tok/s (batch 1)", label, speed, "tok/s", contestant.work,
                         contestant.peer, of_bandwidth=of_bandwidth,
-                        extra={"tokens": ids[0, options.prompt_len:].tolist()}))  # fmt: skip
+                        extra={"tokens": outputs[label][0][0, options.prompt_len:].tolist()}))  # fmt: skip
         options.log(f"  {label} ({case}): generation {speed:.1f} tok/s ({100 * of_bandwidth:.0f} % of the copy "
                     f"bandwidth for its {weight_bytes / 2**20:,.0f} MiB of weights per token)")
     return rows
@@ -274,18 +301,20 @@ def bench_shape(
     if options.compile:
         compiled = [c for c in contestants if c.work in (EQUAL_WORK, SHORTCUTS, PEER) and "torchscale" not in c.name]
         contestants += [_compiled(c, depth) for c in compiled]
-    rows: list[Row] = []
-    for contestant in contestants:
-        _free()
+    _free()
+    models = {}
+    for contestant in contestants:  # all built first: their steps are interleaved
         torch.manual_seed(0)
-        model = contestant.build().to(options.device)
+        models[contestant.name] = contestant.build().to(options.device)
         if options.profile and contestant.work in (EQUAL_WORK, PEER) and "compile" not in contestant.name:
-            table = profile_by_class(model, batch, options.torch_device, options.torch_dtype, depth)
+            table = profile_by_class(models[contestant.name], batch, options.torch_device, options.torch_dtype, depth)
             options.log(f"profile of one training step, {contestant.name} ({case}):\n{table}")
-        rows += _throughput_rows(case, contestant, model, config, batch, options, peak)
-        if bandwidth and contestant.can_generate and contestant.work in (EQUAL_WORK, OWN_SCHEME, PEER):
-            rows += _generation_rows(case, contestant, model, config, options, bandwidth)
-        del model
+    rows = _throughput_rows(case, contestants, models, config, batch, options, peak)
+    generating = [c for c in contestants if c.can_generate and c.work in (EQUAL_WORK, OWN_SCHEME, PEER)]
+    if bandwidth and generating:
+        rows += _generation_rows(case, generating, models, config, options, bandwidth)
+    del models
+    _free()
     add_ratios(rows)
     return rows
 
