@@ -12,7 +12,7 @@ import pytest
 import modeling_deepln
 
 PACKAGE = Path(modeling_deepln.__file__).resolve().parent
-MODEL_FILES = {"configuration_deepln.py", "residual_deepln.py", "init_deepln.py", "layers_deepln.py",
+MODEL_FILES = {"configuration_deepln.py", "residual_deepln.py", "init_deepln.py", "layers_deepln.py", "decode_deepln.py",
                "modeling_deepln_bert.py", "modeling_deepln_gpt.py"}  # fmt: skip
 
 
@@ -43,7 +43,7 @@ def test_model_folder_is_exactly_the_remote_code():
                 for root in roots:
                     assert root in {"torch", "transformers", "math", "dataclasses", "typing", "__future__",
                                     "warnings", "difflib", "functools", "collections", "contextvars",
-                                    "contextlib", "concurrent"}, (name, root)
+                                    "contextlib", "concurrent", "weakref"}, (name, root)
 
 
 def _functions(tree):

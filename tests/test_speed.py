@@ -311,7 +311,7 @@ def test_generate_through_transposed_weight_copies_equals_the_plain_path():
     """On a CPU ``generate`` multiplies the decode steps (batch <= 4) by transposed copies of the fused QKV, fc1
     and LM-head weights: the same greedy tokens and scores as with ``transposed_decode_weights=False``; only
     weights with more outputs than inputs get a copy; ``model.train()`` frees them."""
-    from modeling_deepln.model import layers_deepln
+    from modeling_deepln.model import decode_deepln
 
     torch.manual_seed(0)
     model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=2)).eval()
@@ -319,22 +319,22 @@ def test_generate_through_transposed_weight_copies_equals_the_plain_path():
     for prompt in (torch.randint(1, 97, (1, 5)), torch.randint(1, 97, (3, 4))):
         model.config.transposed_decode_weights = False
         want_ids, want_scores = _greedy_scores(model, prompt)
-        assert not any(m in layers_deepln._transposed_copies for m in model.modules())
+        assert not any(m in decode_deepln._transposed_copies for m in model.modules())
         model.config.transposed_decode_weights = True
         got_ids, got_scores = _greedy_scores(model, prompt)
         assert torch.equal(got_ids, want_ids)
         _assert_scores_close(got_scores, want_scores)
     block = model.transformer.layers[0]
-    copied = {m for m in model.modules() if m in layers_deepln._transposed_copies}
+    copied = {m for m in model.modules() if m in decode_deepln._transposed_copies}
     layers = model.transformer.layers
     assert copied == {model.lm_head, *(layer.attention for layer in layers), *(layer.mlp.fc1 for layer in layers)}
     qkv = torch.cat([block.attention.q_proj.weight, block.attention.k_proj.weight, block.attention.v_proj.weight])
-    assert torch.equal(layers_deepln._transposed_copies[block.attention].weight, qkv.t())
+    assert torch.equal(decode_deepln._transposed_copies[block.attention].weight, qkv.t())
     model.train()
-    assert not any(m in layers_deepln._transposed_copies for m in model.modules())
+    assert not any(m in decode_deepln._transposed_copies for m in model.modules())
     narrow = DeepLNGPTForCausalLM(tiny_gpt_config(layers=1, intermediate_size=16)).eval()  # fc1: 16 outputs < 32
     narrow_ids, _ = _greedy_scores(narrow, prompt)
-    assert layers_deepln._transposed_copies[narrow.transformer.layers[0].mlp.fc1].weight is None
+    assert decode_deepln._transposed_copies[narrow.transformer.layers[0].mlp.fc1].weight is None
     narrow.config.transposed_decode_weights = False
     assert torch.equal(_greedy_scores(narrow, prompt)[0], narrow_ids)
 
@@ -373,6 +373,28 @@ def test_transposed_weight_copies_follow_weights_changed_between_generate_calls(
     model.transformer.layers[1].mlp.fc1.register_forward_hook(lambda *args: seen.append(1))
     _greedy_scores(model, prompt)
     assert len(seen) == 6  # the prefill and five decode steps went through the hooked module
+
+
+def test_generate_calls_side_by_side_refresh_each_copy_once_per_call(monkeypatch):
+    """Two ``generate`` calls that alternate (threads of a server) each refresh a copy once, not at every step."""
+    import contextvars
+
+    from modeling_deepln.model import decode_deepln
+
+    refreshes = []
+    refresh = decode_deepln._refresh_transposed_copy
+    monkeypatch.setattr(decode_deepln, "_refresh_transposed_copy", lambda *a: refreshes.append(1) or refresh(*a))
+    fc1 = torch.nn.Linear(8, 24)
+    rows = torch.randn(1, 1, 8)
+    calls = [contextvars.copy_context() for _ in range(2)]
+    for call in calls:  # each context enters its own call
+        call.run(lambda: decode_deepln._decode_call.set(decode_deepln._GenerateCall()))
+    with torch.no_grad():
+        outputs = [calls[i % 2].run(decode_deepln.decode_linear, fc1, rows, (fc1,)) for i in range(6)]
+        want = fc1(rows)
+    assert len(refreshes) == 2
+    for got in outputs:
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_pretrain_compile_flag_reaches_training_arguments(tmp_path):

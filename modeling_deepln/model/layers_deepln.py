@@ -8,16 +8,12 @@
 * :class:`DeepLNPreTrainedModel`: the shared ``PreTrainedModel`` base with the scheme-aware weight init.
 * :func:`run_blocks`: the layer loop both models use (hidden states, attentions, cache).
 * :func:`check_input_ids` and :func:`check_sequence_length`: early, readable errors for bad inputs.
-* :func:`transposed_decode_weights` and :func:`decode_linear`: ``generate`` on a CPU, through transposed weight copies.
 """
 
 from __future__ import annotations
 
-import contextvars
 import math
-import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,6 +26,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_deepln import _DeepLNConfig
+from .decode_deepln import decode_linear, is_plain_linear, release_transposed_copies
 from .init_deepln import deferred_normal_init, normal_init_, xavier_normal_init_
 from .residual_deepln import ResidualConnection
 
@@ -44,117 +41,6 @@ OUTPUT_ROLES = (ATTN_OUT, FFN_OUT)  # residual-branch output projections (GPT-2 
 
 
 POSITION = "position"  # the learned position embeddings (init: config.position_embedding_init)
-
-DECODE_ROWS = 4
-"""Products of at most this many rows (tokens) are matrix-vector products for :func:`decode_linear`."""
-
-
-class _TransposedCopy:
-    """The contiguous ``[in, out]`` copy of a module's weight(s) (``None``: not served) and the ``generate`` call it
-    was last refreshed in."""
-
-    __slots__ = ("weight", "bias", "call")
-
-    def __init__(self, weight: torch.Tensor | None):
-        self.weight = weight
-        self.bias: torch.Tensor | None = None
-        self.call: object | None = None
-
-
-_decode_call: contextvars.ContextVar[object | None] = contextvars.ContextVar("deepln_decode_call", default=None)
-_transposed_copies: weakref.WeakKeyDictionary[nn.Module, _TransposedCopy] = weakref.WeakKeyDictionary()
-
-
-@contextmanager
-def transposed_decode_weights(enabled: bool = True) -> Iterator[None]:
-    """One ``generate`` call: inside the ``with`` block :func:`decode_linear` multiplies the decode steps' rows by
-    contiguous transposed copies ``Wᵀ`` (``[in, out]``) of the weights with more outputs than inputs (the fused
-    QKV ``[3d, d]``, the FFN's first layer ``[4d, d]``, the LM head ``[V, d]``).
-
-    Why: a decode step at batch 1 is a chain of matrix-vector products that read every weight once, and the CPU
-    BLAS reads the two layouts at different speeds. ``F.linear`` computes ``x·Wᵀ`` from ``W`` stored ``[out, in]``;
-    with its short rows (``in = 256``) MKL's product runs at 6-8 GB/s on an AMD EPYC, over the copy's long rows at
-    12-14 GB/s (``[1024, 256]``: 160 against 75 µs at 1 row; 1.25x at 4 rows; ~1.1x from 64 rows on).
-
-    Each copy is refreshed from its weights at its first use in every call (a transpose into the kept buffer: ~50 ms
-    for a 48-layer GPT of width 256, about five decode steps' saving), so weights changed between calls (an optimizer
-    step, ``load_state_dict``, a LoRA merge through ``.data``) are always read afresh. The buffers stay allocated
-    between calls, +58 % of the blocks' weights plus the head's, until ``model.train()`` or
-    :func:`release_transposed_copies`.
-    """
-    token = _decode_call.set(object() if enabled else None)
-    try:
-        yield
-    finally:
-        _decode_call.reset(token)
-
-
-def release_transposed_copies(model: nn.Module) -> None:
-    """Free the transposed weight copies :func:`decode_linear` keeps for ``model``'s modules."""
-    if _transposed_copies:
-        for module in model.modules():
-            _transposed_copies.pop(module, None)
-
-
-def is_plain_linear(module: nn.Module) -> bool:
-    """A bare ``nn.Linear`` without hooks (not a PEFT/LoRA layer, not watched by a monitor)."""
-    return type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
-
-
-def _refresh_transposed_copy(
-    owner: nn.Module, hidden_states: torch.Tensor, linears: tuple[nn.Linear, ...], call: object
-) -> _TransposedCopy:
-    """Write ``cat(weights)ᵀ`` into ``owner``'s kept buffer (allocated on first use) for the ``generate`` call
-    ``call``; for weights the path does not serve (on an accelerator, a tensor subclass, another dtype than
-    ``hidden_states``, no more outputs than inputs) an empty entry that says so for the rest of the call. Outside inference mode: the buffer
-    outlives a call made under ``torch.inference_mode()``."""
-    weights = [linear.weight for linear in linears]
-    shape = (weights[0].shape[1], sum(weight.shape[0] for weight in weights))
-    copy = _transposed_copies.get(owner)
-    served = weights[0].device.type == "cpu" and hidden_states.device.type == "cpu" and shape[1] > shape[0]
-    # dense float weights only: a tensor subclass (torchao quantization, DTensor) multiplies in its own way
-    served = served and all(type(weight.data) is torch.Tensor for weight in weights)
-    if not served or weights[0].dtype != hidden_states.dtype:
-        copy = _transposed_copies[owner] = _TransposedCopy(None)
-    else:
-        with torch.inference_mode(False), torch.no_grad():
-            kept = copy.weight if copy is not None else None
-            if kept is None or kept.shape != shape or kept.dtype != weights[0].dtype:
-                buffer = torch.empty(shape, dtype=weights[0].dtype, device=weights[0].device)
-                copy = _transposed_copies[owner] = _TransposedCopy(buffer)
-            start = 0
-            for weight in weights:
-                copy.weight[:, start : start + weight.shape[0]].copy_(weight.t())
-                start += weight.shape[0]
-            biases = [linear.bias for linear in linears]
-            copy.bias = biases[0] if len(biases) == 1 or biases[0] is None else torch.cat(biases)
-    copy.call = call
-    return copy
-
-
-def decode_linear(
-    owner: nn.Module, hidden_states: torch.Tensor, linears: tuple[nn.Linear, ...]
-) -> torch.Tensor | None:
-    """``cat([linear(hidden_states) for linear in linears], -1)`` through the transposed copy of the concatenated
-    weight kept for ``owner`` (:func:`transposed_decode_weights`), or ``None`` where that path does not apply:
-    outside a ``generate`` call, under ``torch.compile``, with gradients, above :data:`DECODE_ROWS` rows, off the
-    CPU, or for weights with no more outputs than inputs. The same products as ``F.linear`` to float rounding
-    (another summation order). Ordered so that a decode step pays ~4 µs over a bare ``addmm``."""
-    if torch.compiler.is_compiling():  # first: dynamo would break the graph on the context variable
-        return None
-    call = _decode_call.get()
-    if call is None or hidden_states.numel() > DECODE_ROWS * hidden_states.shape[-1]:
-        return None
-    if torch.is_grad_enabled() and (hidden_states.requires_grad or any(l.weight.requires_grad for l in linears)):
-        return None
-    copy = _transposed_copies.get(owner)
-    if copy is None or copy.call is not call:
-        copy = _refresh_transposed_copy(owner, hidden_states, linears, call)
-    if copy.weight is None or hidden_states.dtype != copy.weight.dtype:
-        return None
-    rows = hidden_states.reshape(-1, hidden_states.shape[-1])
-    output = rows @ copy.weight if copy.bias is None else torch.addmm(copy.bias, rows, copy.weight)
-    return output.view(*hidden_states.shape[:-1], copy.weight.shape[1])
 
 
 def _tag(module: nn.Module, role: str) -> nn.Module:
@@ -642,7 +528,7 @@ class DeepLNPreTrainedModel(PreTrainedModel):
 
     def train(self, mode: bool = True) -> DeepLNPreTrainedModel:
         """``nn.Module.train``; switching to training also frees the transposed weight copies that ``generate``
-        keeps on a CPU (:func:`transposed_decode_weights`)."""
+        keeps on a CPU (:func:`decode_deepln.transposed_decode_weights`)."""
         if mode:
             release_transposed_copies(self)
         return super().train(mode)

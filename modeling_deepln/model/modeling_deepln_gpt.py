@@ -25,6 +25,12 @@ from transformers.modeling_outputs import (
 from transformers.utils import logging
 
 from .configuration_deepln import DeepLNGPTConfig
+from .decode_deepln import (
+    decode_linear,
+    is_plain_linear,
+    release_transposed_copies,
+    transposed_decode_weights,
+)
 from .layers_deepln import (
     CACHE_FIELD,
     DeepLNPreTrainedModel,
@@ -32,15 +38,11 @@ from .layers_deepln import (
     build_blocks,
     check_input_ids,
     check_sequence_length,
-    decode_linear,
-    is_plain_linear,
     keep_last_positions,
     linear_cross_entropy,
     pop_loss_kwargs,
     position_embeddings,
-    release_transposed_copies,
     run_blocks,
-    transposed_decode_weights,
 )
 
 logger = logging.get_logger(__name__)
@@ -154,7 +156,7 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
 
     ``config.transposed_decode_weights`` (on by default): on a CPU, ``generate`` multiplies the decode steps' QKV,
     FFN-in and LM-head weights through transposed copies refreshed for each call
-    (:func:`layers_deepln.transposed_decode_weights`).
+    (:func:`decode_deepln.transposed_decode_weights`).
     """
 
     _tied_weights_keys = {"lm_head.weight": "transformer.token_embeddings.weight"}
@@ -181,7 +183,7 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """``GenerationMixin.generate``; on a CPU with ``config.transposed_decode_weights``, its matrix-vector
         products read transposed weight copies refreshed for this call
-        (:func:`layers_deepln.transposed_decode_weights`)."""
+        (:func:`decode_deepln.transposed_decode_weights`)."""
         enabled = getattr(self.config, "transposed_decode_weights", True)
         if not enabled:
             release_transposed_copies(self)
