@@ -117,7 +117,8 @@ def decode_linear(
     weight kept for ``owner`` (:func:`transposed_decode_weights`), or ``None`` where that path does not apply:
     outside a ``generate`` call, under ``torch.compile``, with gradients, above :data:`DECODE_ROWS` rows, off the
     CPU, or for weights with no more outputs than inputs. The same products as ``F.linear`` to float rounding
-    (another summation order). Ordered so that a decode step pays ~4 µs over a bare ``addmm``."""
+    (another summation order). Its checks cost a decode product ~2 µs over a bare ``addmm`` (7.0 against 4.9
+    µs)."""
     if torch.compiler.is_compiling():  # first: dynamo would break the graph on the context variable
         return None
     call = _decode_call.get()

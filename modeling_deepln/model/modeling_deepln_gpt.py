@@ -180,6 +180,9 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """``GenerationMixin.generate``; on a CPU with ``config.transposed_decode_weights``, its matrix-vector
         products read transposed weight copies refreshed for this call
@@ -189,9 +192,6 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
             release_transposed_copies(self)
         with transposed_decode_weights(enabled):
             return super().generate(*args, **kwargs)
-
-    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
-        self.lm_head = new_embeddings
 
     def forward(
         self,
