@@ -8,9 +8,11 @@ Cases (``BenchOptions.cases``):
   (deepln also with ``cache_implementation="static"``).
 * ``gpt1k``: one gpt-1k training step with activation checkpointing (deepln only: minutes on a CPU).
 
-The contestants of a case are built side by side and their steps interleaved (each round runs every contestant's
-training step, then inference forward, then generation, once in turn; the median over rounds), so a machine whose
-speed drifts during the run slows them alike. Each row holds the contestant's value, the kind of work it does (equal work, deepln-only shortcuts, own scheme)
+The contestants of a case are built side by side (so the case's peak memory is their sum) and their steps
+interleaved: each round runs every contestant's training step (then inference forward, then generation) once in
+turn, and a value is the median over rounds, so a machine whose speed drifts during the run slows them alike.
+
+Each row holds the contestant's value, the kind of work it does (equal work, deepln-only shortcuts, own scheme)
 and its ratio to the peer it names (``Row.peer``: ``GPT2LMHeadModel``, ``BertForMaskedLM`` or, under
 ``--compile``, the compiled peer), measured in the same run.
 """
