@@ -17,6 +17,7 @@ and asserted by its own test below.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -687,6 +688,46 @@ def test_lora_train_save_reload(tmp_path, task):
     assert type(merged) is model_class
     with torch.no_grad():
         torch.testing.assert_close(merged(**inputs).logits, trained_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_generate_after_lora_training_and_merge_reads_the_merged_weights():
+    """``generate`` before LoRA, with the adapter after training steps, and after ``merge_and_unload`` (PEFT adds the
+    update to the base weights in place, through ``.data``, with no version bump): each time the greedy tokens and
+    scores of the same model with ``transposed_decode_weights=False``, so the transposed decode copies made by the
+    first call never serve the pre-merge weights. Trained in eval mode (no dropout), so ``model.train()`` does not
+    free the copies first."""
+    peft = _peft()
+    model = lively_lm("pre_ln", seed=5).eval()
+    prompt = torch.tensor([[17, 42, 99, 5]])
+
+    def greedy(m):
+        results = []
+        plain = copy.deepcopy(m)  # the reference: its own config, switched off (which would free m's copies)
+        plain.config.transposed_decode_weights = False
+        for each in (m, plain):
+            out = each.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6,
+                                do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=PAD)
+            results.append((out.sequences, torch.stack(out.scores)))  # fmt: skip
+        assert m.config.transposed_decode_weights is True
+        (got_ids, got), (want_ids, want) = results
+        assert torch.equal(got_ids, want_ids)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
+        return got
+
+    before = greedy(model)
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "fc1"], task_type="CAUSAL_LM")
+    wrapped = peft.get_peft_model(model, lora)
+    optimizer = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=0.05)
+    ids = torch.randint(1, 300, (2, 9), generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        wrapped(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    adapted = greedy(wrapped)
+    merged = wrapped.merge_and_unload()
+    after = greedy(merged)
+    torch.testing.assert_close(after, adapted, rtol=0, atol=1e-4 * float(adapted.abs().max()))
+    assert (after - before).abs().max() > 0.1 * before.abs().max()  # the merge changed the weights the copies hold
 
 
 @pytest.mark.parametrize(
