@@ -705,7 +705,7 @@ def test_generate_after_lora_training_and_merge_reads_the_merged_weights():
         plain = copy.deepcopy(m)  # the reference: its own config, switched off (which would free m's copies)
         plain.config.transposed_decode_weights = False
         for each in (m, plain):
-            out = each.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6,
+            out = each.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10,
                                 do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=PAD)
             results.append((out.sequences, torch.stack(out.scores)))  # fmt: skip
         assert m.config.transposed_decode_weights is True

@@ -294,9 +294,9 @@ def test_fused_qkv_is_used_only_where_the_rows_amortise_the_weight_copy(monkeypa
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5 * float(w.abs().max()))
 
 
-def _greedy_scores(model, prompt, **kwargs):
+def _greedy_scores(model, prompt, new_tokens=10, **kwargs):
     out = model.generate(
-        prompt, max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True,
+        prompt, max_new_tokens=new_tokens, do_sample=False, output_scores=True, return_dict_in_generate=True,
         pad_token_id=0, **kwargs,
     )  # fmt: skip
     return out.sequences, torch.stack(out.scores)
@@ -310,12 +310,15 @@ def _assert_scores_close(got, want):
 def test_generate_through_transposed_weight_copies_equals_the_plain_path():
     """On a CPU ``generate`` multiplies the decode steps (batch <= 4) by transposed copies of the fused QKV, fc1
     and LM-head weights: the same greedy tokens and scores as with ``transposed_decode_weights=False``; only
-    weights with more outputs than inputs get a copy; ``model.train()`` frees them."""
+    weights with more outputs than inputs get a copy, and only after five products through ``F.linear`` in a call
+    (a call of a few tokens makes none); ``model.train()`` frees them."""
     from modeling_deepln.model import decode_deepln
 
     torch.manual_seed(0)
     model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=2)).eval()
     assert model.config.transposed_decode_weights is True
+    _greedy_scores(model, torch.randint(1, 97, (1, 5)), new_tokens=5)  # head: 5 products, the blocks': 4
+    assert not any(m in decode_deepln._transposed_copies for m in model.modules())
     for prompt in (torch.randint(1, 97, (1, 5)), torch.randint(1, 97, (3, 4))):
         model.config.transposed_decode_weights = False
         want_ids, want_scores = _greedy_scores(model, prompt)
@@ -372,7 +375,7 @@ def test_transposed_weight_copies_follow_weights_changed_between_generate_calls(
     seen = []
     model.transformer.layers[1].mlp.fc1.register_forward_hook(lambda *args: seen.append(1))
     _greedy_scores(model, prompt)
-    assert len(seen) == 6  # the prefill and five decode steps went through the hooked module
+    assert len(seen) == 10  # the prefill and nine decode steps went through the hooked module
 
 
 def test_generate_calls_side_by_side_refresh_each_copy_once_per_call(monkeypatch):
@@ -389,11 +392,13 @@ def test_generate_calls_side_by_side_refresh_each_copy_once_per_call(monkeypatch
     calls = [contextvars.copy_context() for _ in range(2)]
     for call in calls:  # each context enters its own call
         call.run(lambda: decode_deepln._decode_call.set(decode_deepln._GenerateCall()))
+    plain = decode_deepln.PLAIN_PRODUCTS_FIRST
     with torch.no_grad():
-        outputs = [calls[i % 2].run(decode_deepln.decode_linear, fc1, rows, (fc1,)) for i in range(6)]
+        outputs = [calls[i % 2].run(decode_deepln.decode_linear, fc1, rows, (fc1,)) for i in range(2 * plain + 6)]
         want = fc1(rows)
     assert len(refreshes) == 2
-    for got in outputs:
+    assert all(got is None for got in outputs[: 2 * plain])  # each call's first products: F.linear
+    for got in outputs[2 * plain :]:
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
