@@ -190,7 +190,8 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
         enabled = getattr(self.config, "transposed_decode_weights", True)
         if not enabled:
             release_transposed_copies(self)
-        with transposed_decode_weights(enabled):
+        # on an accelerator the call is not marked at all: its host-bound decode steps skip the per-product checks
+        with transposed_decode_weights(enabled and self.device.type == "cpu"):
             return super().generate(*args, **kwargs)
 
     def forward(
