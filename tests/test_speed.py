@@ -307,6 +307,17 @@ def _assert_scores_close(got, want):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
 
 
+def _assert_generates_like_the_plain_path(model, prompt):
+    """Greedy tokens and scores with the transposed copies (first, so copies kept from an earlier call would be read)
+    equal those of ``transposed_decode_weights=False``."""
+    got_ids, got_scores = _greedy_scores(model, prompt)
+    model.config.transposed_decode_weights = False
+    want_ids, want_scores = _greedy_scores(model, prompt)
+    model.config.transposed_decode_weights = True
+    assert torch.equal(got_ids, want_ids)
+    _assert_scores_close(got_scores, want_scores)
+
+
 def test_generate_through_transposed_weight_copies_equals_the_plain_path():
     """On a CPU ``generate`` multiplies the decode steps (batch <= 4) by transposed copies of the fused QKV, fc1
     and LM-head weights: the same greedy tokens and scores as with ``transposed_decode_weights=False``; only
@@ -356,22 +367,12 @@ def test_transposed_weight_copies_follow_weights_changed_between_generate_calls(
             layer.mlp.fc1.weight.data.mul_(-1.5)
             layer.attention.k_proj.weight.data.add_(0.3)
         model.lm_head.weight.data.add_(torch.randn_like(model.lm_head.weight))
-    got_ids, got_scores = _greedy_scores(model, prompt)
-    model.config.transposed_decode_weights = False
-    want_ids, want_scores = _greedy_scores(model, prompt)
-    assert torch.equal(got_ids, want_ids)
-    _assert_scores_close(got_scores, want_scores)
-    model.config.transposed_decode_weights = True
-    _greedy_scores(model, prompt)
+    _assert_generates_like_the_plain_path(model, prompt)
+    _greedy_scores(model, prompt)  # copies again (switching them off above freed them)
     ids = torch.randint(1, 97, (2, 7))
     model(ids, labels=ids).loss.backward()  # eval mode: the copies are kept across the step
     torch.optim.AdamW(model.parameters(), lr=0.05).step()
-    got_ids, got_scores = _greedy_scores(model, prompt)
-    model.config.transposed_decode_weights = False
-    want_ids, want_scores = _greedy_scores(model, prompt)
-    assert torch.equal(got_ids, want_ids)
-    _assert_scores_close(got_scores, want_scores)
-    model.config.transposed_decode_weights = True
+    _assert_generates_like_the_plain_path(model, prompt)
     seen = []
     model.transformer.layers[1].mlp.fc1.register_forward_hook(lambda *args: seen.append(1))
     _greedy_scores(model, prompt)

@@ -15,7 +15,6 @@ Every contestant is a :class:`Contestant`: a name, a ``build()`` returning a mod
 from __future__ import annotations
 
 import copy
-
 import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable

@@ -136,7 +136,8 @@ def decode_linear(
     call = _decode_call.get()
     if call is None or hidden_states.numel() > DECODE_ROWS * hidden_states.shape[-1]:
         return None
-    if torch.is_grad_enabled() and (hidden_states.requires_grad or any(l.weight.requires_grad for l in linears)):
+    needs_grad = hidden_states.requires_grad or any(linear.weight.requires_grad for linear in linears)
+    if needs_grad and torch.is_grad_enabled():
         return None
     copy = _transposed_copies.get(owner)
     if copy is None or call not in copy.calls:
