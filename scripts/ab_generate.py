@@ -49,7 +49,8 @@ def main() -> None:
         steps[name], outputs[name] = generation_step(models[name], prompt, args.new_tokens, cpu, torch.float32)
     seconds = interleaved_median_seconds(steps, cpu, rounds=args.reps)
     speeds = {name: args.new_tokens / seconds[name] for name in names}
-    print(f"{args.layers} layers, batch 1, {args.new_tokens} new tokens, {args.threads} threads, median of {args.reps}:")
+    setting = f"{args.layers} layers, batch 1, {args.new_tokens} new tokens, {args.threads} threads"
+    print(f"{setting}, median of {args.reps}:")
     for name in names:
         print(f"  {name:45s} {speeds[name]:6.1f} tok/s  {speeds[name] / speeds[peer.name]:.2f}x {peer.name}")
     same = torch.equal(outputs[names[0]][0], outputs[names[1]][0])
