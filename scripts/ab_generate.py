@@ -1,4 +1,4 @@
-"""Greedy ``generate`` at batch 1, deepln ``pre_ln`` (with and without ``transposed_decode_weights``) against
+"""Greedy ``generate`` at batch 1, deepln ``pre_ln`` (with and without ``threaded_matvec``) against
 ``GPT2LMHeadModel`` of the same shape, interleaved in one process: the side-by-side number behind the README's
 generation rows on a machine whose speed drifts between runs.
 
@@ -33,12 +33,11 @@ def main() -> None:
     contestants = contestants_for(config, seed_scheme=False, torchscale=False)
     deepln = next(c for c in contestants if c.work == EQUAL_WORK)
     peer = next(c for c in contestants if c.work == PEER)
-    names = [f"{deepln.name} + transposed copies", f"{deepln.name} plain", peer.name]
+    names = [f"{deepln.name} threaded_matvec", f"{deepln.name} F.linear", peer.name]
     torch.manual_seed(0)
     models = {names[0]: deepln.build().eval()}
-    # a copy with its own config: switching the transposed copies off frees them
-    models[names[1]] = copy.deepcopy(models[names[0]])
-    models[names[1]].config.transposed_decode_weights = False
+    models[names[1]] = copy.deepcopy(models[names[0]])  # a copy with its own config
+    models[names[1]].config.threaded_matvec = False
     torch.manual_seed(0)
     models[names[2]] = peer.build().eval()
 

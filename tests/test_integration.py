@@ -693,22 +693,21 @@ def test_lora_train_save_reload(tmp_path, task):
 def test_generate_after_lora_training_and_merge_reads_the_merged_weights():
     """``generate`` before LoRA, with the adapter after training steps, and after ``merge_and_unload`` (PEFT adds the
     update to the base weights in place, through ``.data``, with no version bump): each time the greedy tokens and
-    scores of the same model with ``transposed_decode_weights=False``, so the transposed decode copies made by the
-    first call never serve the pre-merge weights. Trained in eval mode (no dropout), so ``model.train()`` does not
-    free the copies first."""
+    scores of the same model with ``threaded_matvec=False`` (``F.linear``), so the decode products read the current
+    weights (the LoRA layers themselves run as PEFT's modules)."""
     peft = _peft()
     model = lively_lm("pre_ln", seed=5).eval()
     prompt = torch.tensor([[17, 42, 99, 5]])
 
     def greedy(m):
         results = []
-        plain = copy.deepcopy(m)  # the reference: its own config, switched off (which would free m's copies)
-        plain.config.transposed_decode_weights = False
+        plain = copy.deepcopy(m)  # the reference: its own config, switched off
+        plain.config.threaded_matvec = False
         for each in (m, plain):
             out = each.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10,
                                 do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=PAD)
             results.append((out.sequences, torch.stack(out.scores)))  # fmt: skip
-        assert m.config.transposed_decode_weights is True
+        assert m.config.threaded_matvec is True
         (got_ids, got), (want_ids, want) = results
         assert torch.equal(got_ids, want_ids)
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
@@ -727,7 +726,7 @@ def test_generate_after_lora_training_and_merge_reads_the_merged_weights():
     merged = wrapped.merge_and_unload()
     after = greedy(merged)
     torch.testing.assert_close(after, adapted, rtol=0, atol=1e-4 * float(adapted.abs().max()))
-    assert (after - before).abs().max() > 0.1 * before.abs().max()  # the merge changed the weights the copies hold
+    assert (after - before).abs().max() > 0.1 * before.abs().max()  # the merge changed the weights
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@
 * ``torch.compile(model)`` compiles one block for all layers and gives the eager loss and gradients; the same
   through ``TrainingArguments(torch_compile=True)``;
 * ``cache_implementation="static"`` generates the dynamic cache's greedy tokens, with and without compile;
-* ``generate`` through transposed weight copies gives the plain path's tokens and scores, also after the weights
-  change between calls;
+* ``threaded_matvec`` products equal ``F.linear`` within float32 rounding, and ``generate`` through them gives the
+  ``F.linear`` path's tokens and scores, also after the weights change between calls;
 * the token-id check keeps its error on CPU and under compile (async assert);
 * ``deepln bench --quick`` writes its table, and the FLOP formula matches torch's FLOP counter;
 * the GPU script runs on CPU with a tiny shape.
@@ -282,7 +282,9 @@ def test_fused_qkv_is_used_only_where_the_rows_amortise_the_weight_copy(monkeypa
     monkeypatch.setattr(torch.nn.functional, "linear", lambda x, w, b=None: calls.append(w.shape[0]) or linear(x, w, b))
     for width, rows, fused in ((256, 1, False), (256, 127, False), (256, 128, True), (32, 1, True)):
         torch.manual_seed(0)
-        config = tiny_gpt_config(layers=1, hidden_size=width, num_attention_heads=2, intermediate_size=2 * width)
+        config = tiny_gpt_config(
+            layers=1, hidden_size=width, num_attention_heads=2, intermediate_size=2 * width, threaded_matvec=False
+        )  # F.linear's calls are what is counted
         attention = DeepLNGPTForCausalLM(config).eval().transformer.layers[0].attention
         x = torch.randn(1, rows, width)
         calls.clear()
@@ -307,56 +309,107 @@ def _assert_scores_close(got, want):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
 
 
-def _assert_generates_like_the_plain_path(model, prompt):
-    """Greedy tokens and scores with the transposed copies (first, so copies kept from an earlier call would be read)
-    equal those of ``transposed_decode_weights=False``."""
-    got_ids, got_scores = _greedy_scores(model, prompt)
-    model.config.transposed_decode_weights = False
-    want_ids, want_scores = _greedy_scores(model, prompt)
-    model.config.transposed_decode_weights = True
-    assert torch.equal(got_ids, want_ids)
-    _assert_scores_close(got_scores, want_scores)
+def _float64_error_bound(rows, weight):
+    """The float32 error bound of ``rows @ weight.T`` per element, for any summation order: ``2·n·u·(|x|·|W|ᵀ)``
+    (``n`` products summed, ``u`` the unit roundoff; Higham, *Accuracy and Stability*, §3.1), plus the bias's
+    rounding."""
+    n = weight.shape[1]
+    unit = torch.finfo(torch.float32).eps / 2
+    return 2 * n * unit * (rows.abs().double() @ weight.abs().double().t()) + 1e-30
 
 
-def test_generate_through_transposed_weight_copies_equals_the_plain_path():
-    """On a CPU ``generate`` multiplies the decode steps (batch <= 4) by transposed copies of the fused QKV, fc1
-    and LM-head weights: the same greedy tokens and scores as with ``transposed_decode_weights=False``; only
-    weights with more outputs than inputs get a copy, and only after five products through ``F.linear`` in a call
-    (a call of a few tokens makes none); ``model.train()`` frees them."""
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(97, 32), (64, 32), (32, 64), (50, 50)])
+def test_threaded_matvec_equals_f_linear_within_float32_rounding(shape, threads):
+    """``decode_linear`` (``W·xᵀ`` in per-thread blocks of output rows, one ``bmm``; an odd row count leaves a
+    remainder) for 1-4 rows, 2-D and 3-D inputs, with and without bias: within float32's dot-product error bound
+    of the float64 product, as ``F.linear`` is."""
+    from modeling_deepln.model.decode_deepln import decode_linear
+
+    out_features, in_features = shape
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for bias in (True, False):
+            torch.manual_seed(out_features + bias)
+            linear = torch.nn.Linear(in_features, out_features, bias=bias)
+            for rows in ((1, in_features), (3, in_features), (2, 2, in_features), (1, 1, in_features)):
+                x = torch.randn(rows)
+                with torch.no_grad():
+                    got, plain = decode_linear(linear, x), linear(x)
+                exact = x.double() @ linear.weight.double().t() + (linear.bias.double() if bias else 0)
+                bound = _float64_error_bound(x, linear.weight) + (1e-7 * linear.bias.abs().double() if bias else 0)
+                assert got is not None and got.shape == plain.shape and got.is_contiguous()
+                assert ((got.double() - exact).abs() <= bound).all()
+                assert ((plain.double() - exact).abs() <= bound).all()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_threaded_matvec_declines_where_it_does_not_apply():
+    """``None`` (the caller runs ``F.linear``) above 4 rows, with gradients needed, for float64, for a
+    non-contiguous weight and a weight too small to split; ``run_linear`` calls hooked modules, so the hooks fire."""
+    from modeling_deepln.model.decode_deepln import decode_linear, run_linear
+
+    linear = torch.nn.Linear(32, 64)
+    x = torch.randn(1, 32)
+    assert decode_linear(linear, torch.randn(5, 32)) is None
+    assert decode_linear(linear, x) is None  # the weight requires grad and grad mode is on
+    with torch.no_grad():
+        assert decode_linear(linear, x) is not None
+        assert decode_linear(linear.double(), x.double()) is None
+        assert decode_linear(torch.nn.Linear(32, 31), x.float()) is None  # 31 rows: no two blocks of 16
+        transposed = torch.nn.Linear(64, 32)
+        transposed.weight = torch.nn.Parameter(torch.randn(64, 32).t())  # [32, 64], not contiguous
+        assert decode_linear(transposed, torch.randn(1, 64)) is None
+        seen = []
+        hooked = torch.nn.Linear(32, 64)
+        hooked.register_forward_hook(lambda *args: seen.append(1))
+        run_linear(hooked, x.float())
+    assert seen == [1]
+
+
+def _count_threaded_products(monkeypatch):
     from modeling_deepln.model import decode_deepln
 
+    served = []
+    original = decode_deepln.decode_linear
+
+    def counting(linear, hidden_states):
+        output = original(linear, hidden_states)
+        served.append(output is not None)
+        return output
+
+    monkeypatch.setattr(decode_deepln, "decode_linear", counting)
+    return served
+
+
+@pytest.mark.parametrize("fuse_qkv", [True, False])
+def test_generate_with_threaded_matvec_equals_the_f_linear_path(monkeypatch, fuse_qkv):
+    """Greedy ``generate`` (batch 1 and 3) with ``threaded_matvec`` on: the same tokens, and scores within float32
+    rounding, as with it off; the decode steps' products did go through it (and a prefill's did not)."""
+    served = _count_threaded_products(monkeypatch)
     torch.manual_seed(0)
-    model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=2)).eval()
-    assert model.config.transposed_decode_weights is True
-    _greedy_scores(model, torch.randint(1, 97, (1, 5)), new_tokens=5)  # head: 5 products, the blocks': 4
-    assert not any(m in decode_deepln._transposed_copies for m in model.modules())
+    model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=2, fuse_qkv=fuse_qkv)).eval()
+    assert model.config.threaded_matvec is True
     for prompt in (torch.randint(1, 97, (1, 5)), torch.randint(1, 97, (3, 4))):
-        model.config.transposed_decode_weights = False
-        want_ids, want_scores = _greedy_scores(model, prompt)
-        assert not any(m in decode_deepln._transposed_copies for m in model.modules())
-        model.config.transposed_decode_weights = True
+        served.clear()
         got_ids, got_scores = _greedy_scores(model, prompt)
+        # 9 decode steps through 2 layers (out_proj, fc1, fc2; q, k, v unfused) and the head, which also serves
+        # the prefill's last position (generate keeps 1 logit); the prefill's blocks (4-5 rows a sequence) are not
+        assert sum(served) == 9 * 2 * (3 if fuse_qkv else 6) + 10
+        model.config.threaded_matvec = False
+        served.clear()
+        want_ids, want_scores = _greedy_scores(model, prompt)
+        assert not served
+        model.config.threaded_matvec = True
         assert torch.equal(got_ids, want_ids)
         _assert_scores_close(got_scores, want_scores)
-    block = model.transformer.layers[0]
-    copied = {m for m in model.modules() if m in decode_deepln._transposed_copies}
-    layers = model.transformer.layers
-    assert copied == {model.lm_head, *(layer.attention for layer in layers), *(layer.mlp.fc1 for layer in layers)}
-    qkv = torch.cat([block.attention.q_proj.weight, block.attention.k_proj.weight, block.attention.v_proj.weight])
-    assert torch.equal(decode_deepln._transposed_copies[block.attention].weight, qkv.t())
-    model.train()
-    assert not any(m in decode_deepln._transposed_copies for m in model.modules())
-    narrow = DeepLNGPTForCausalLM(tiny_gpt_config(layers=1, intermediate_size=16)).eval()  # fc1: 16 outputs < 32
-    narrow_ids, _ = _greedy_scores(narrow, prompt)
-    assert decode_deepln._transposed_copies[narrow.transformer.layers[0].mlp.fc1].weight is None
-    narrow.config.transposed_decode_weights = False
-    assert torch.equal(_greedy_scores(narrow, prompt)[0], narrow_ids)
 
 
-def test_transposed_weight_copies_follow_weights_changed_between_generate_calls():
-    """Weights edited between two calls, through ``.data`` (no version bump, as PEFT's LoRA merge does) or an
-    optimizer step, are read afresh; a call under ``torch.inference_mode()`` leaves copies later calls can refresh;
-    hooks on ``fc1`` (an adapter, a monitor) still see their calls."""
+def test_threaded_matvec_reads_weights_changed_between_calls():
+    """Nothing is kept between calls: weights edited through ``.data`` (no version bump, as PEFT's LoRA merge does)
+    or by an optimizer step change the next call's scores exactly as they change the ``F.linear`` path's."""
     torch.manual_seed(0)
     model = DeepLNGPTForCausalLM(tiny_gpt_config(layers=2)).eval()
     prompt = torch.randint(1, 97, (1, 5))
@@ -365,42 +418,15 @@ def test_transposed_weight_copies_follow_weights_changed_between_generate_calls(
     with torch.no_grad():
         for layer in model.transformer.layers:
             layer.mlp.fc1.weight.data.mul_(-1.5)
-            layer.attention.k_proj.weight.data.add_(0.3)
         model.lm_head.weight.data.add_(torch.randn_like(model.lm_head.weight))
-    _assert_generates_like_the_plain_path(model, prompt)
-    _greedy_scores(model, prompt)  # copies again (switching them off above freed them)
     ids = torch.randint(1, 97, (2, 7))
-    model(ids, labels=ids).loss.backward()  # eval mode: the copies are kept across the step
+    model(ids, labels=ids).loss.backward()
     torch.optim.AdamW(model.parameters(), lr=0.05).step()
-    _assert_generates_like_the_plain_path(model, prompt)
-    seen = []
-    model.transformer.layers[1].mlp.fc1.register_forward_hook(lambda *args: seen.append(1))
-    _greedy_scores(model, prompt)
-    assert len(seen) == 10  # the prefill and nine decode steps went through the hooked module
-
-
-def test_generate_calls_side_by_side_refresh_each_copy_once_per_call(monkeypatch):
-    """Two ``generate`` calls that alternate (threads of a server) each refresh a copy once, not at every step."""
-    import contextvars
-
-    from modeling_deepln.model import decode_deepln
-
-    refreshes = []
-    refresh = decode_deepln._refresh_transposed_copy
-    monkeypatch.setattr(decode_deepln, "_refresh_transposed_copy", lambda *a: refreshes.append(1) or refresh(*a))
-    fc1 = torch.nn.Linear(8, 24)
-    rows = torch.randn(1, 1, 8)
-    calls = [contextvars.copy_context() for _ in range(2)]
-    for call in calls:  # each context enters its own call
-        call.run(lambda: decode_deepln._decode_call.set(decode_deepln._GenerateCall()))
-    plain = decode_deepln.PLAIN_PRODUCTS_FIRST
-    with torch.no_grad():
-        outputs = [calls[i % 2].run(decode_deepln.decode_linear, fc1, rows, (fc1,)) for i in range(2 * plain + 6)]
-        want = fc1(rows)
-    assert len(refreshes) == 2
-    assert all(got is None for got in outputs[: 2 * plain])  # each call's first products: F.linear
-    for got in outputs[2 * plain :]:
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    got_ids, got_scores = _greedy_scores(model, prompt)
+    model.config.threaded_matvec = False
+    want_ids, want_scores = _greedy_scores(model, prompt)
+    assert torch.equal(got_ids, want_ids)
+    _assert_scores_close(got_scores, want_scores)
 
 
 def test_pretrain_compile_flag_reaches_training_arguments(tmp_path):
@@ -421,27 +447,27 @@ def test_fast_path_switches_are_saved_config_fields_and_old_configs_load(tmp_pat
     model built from the config; a config.json written before the fields existed loads with the defaults."""
     from modeling_deepln import DeepLNBertConfig, DeepLNGPTConfig
 
-    config = tiny_gpt_config(layers=1, fused_lm_loss=True, fuse_qkv=False, transposed_decode_weights=False)
+    config = tiny_gpt_config(layers=1, fused_lm_loss=True, fuse_qkv=False, threaded_matvec=False)
     model = DeepLNGPTForCausalLM(config)
     assert model.fused_lm_loss is True  # the model attribute reads the config
     model.save_pretrained(tmp_path / "gpt")
     again = DeepLNGPTForCausalLM.from_pretrained(tmp_path / "gpt")
     assert again.config.fused_lm_loss is True and again.config.fuse_qkv is False
-    assert again.config.transposed_decode_weights is False
+    assert again.config.threaded_matvec is False
     ids = torch.randint(0, 97, (2, 5))
     assert again.train()(ids, labels=ids).logits is None
     model.fused_lm_loss = False  # the old attribute spelling sets the config field
     assert model.config.fused_lm_loss is False
-    fields = ("fused_lm_loss", "fuse_qkv", "transposed_decode_weights")
+    fields = ("fused_lm_loss", "fuse_qkv", "threaded_matvec")
     old = {k: v for k, v in again.config.to_dict().items() if k not in fields}
     loaded = DeepLNGPTConfig.from_dict(old)
-    assert loaded.fused_lm_loss is False and loaded.fuse_qkv is True and loaded.transposed_decode_weights is True
+    assert loaded.fused_lm_loss is False and loaded.fuse_qkv is True and loaded.threaded_matvec is True
     bert = DeepLNBertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, sparse_mlm_loss=True)
     assert DeepLNBertConfig.from_dict(bert.to_dict()).sparse_mlm_loss is True
     with pytest.raises(ValueError, match="fuse_qkv must be True or False"):
         DeepLNBertConfig(fuse_qkv="yes")
-    with pytest.raises(ValueError, match="transposed_decode_weights must be True or False"):
-        DeepLNGPTConfig(transposed_decode_weights=1)
+    with pytest.raises(ValueError, match="threaded_matvec must be True or False"):
+        DeepLNGPTConfig(threaded_matvec=1)
 
 
 def test_pretrain_model_turns_on_the_training_fast_paths_in_its_config():

@@ -8,7 +8,7 @@ copied; it only re-exports.
 - ``residual_deepln.py``: the residual-normalization schemes (one small object each) and ``ResidualConnection``.
 - ``init_deepln.py``: the normal-init draws of ``initialize_weights``, filled on all CPU threads at once.
 - ``layers_deepln.py``: attention, MLP, the ``DeepLNBlock`` both families use, ``DeepLNPreTrainedModel`` (init).
-- ``decode_deepln.py``: ``generate`` on a CPU: the decode steps' products through transposed weight copies.
+- ``decode_deepln.py``: products of a few rows (decode steps) on a CPU as ``W·xᵀ`` split across the threads.
 - ``modeling_deepln_bert.py`` / ``modeling_deepln_gpt.py``: the BERT and GPT models and their heads.
 """
 

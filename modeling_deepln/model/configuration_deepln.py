@@ -17,7 +17,7 @@ from .residual_deepln import POST_NORM_FORMS, RESIDUAL_SCHEMES, get_residual_sch
 
 HEAD_SCALE_POSITIONS = ("before_out_proj", "after_out_proj")
 POSITION_EMBEDDING_INITS = ("normal", "sinusoidal")
-FAST_PATH_FIELDS = ("fuse_qkv", "fused_lm_loss", "sparse_mlm_loss", "transposed_decode_weights")
+FAST_PATH_FIELDS = ("fuse_qkv", "threaded_matvec", "fused_lm_loss", "sparse_mlm_loss")
 """Switches that pick a faster computation of the same function (README, "Speed"); saved with the config."""
 
 _BERT_AUTO_MAP = {
@@ -53,6 +53,7 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "normformer_head_scale_position": "before_out_proj",
     "tie_word_embeddings": True,
     "fuse_qkv": True,
+    "threaded_matvec": True,
 }
 """Defaults shared by both families; each config class adds its own in ``_family_defaults``."""
 
@@ -265,6 +266,12 @@ class DeepLNBertConfig(_DeepLNConfig):
             three separate projections, and only where the concatenation (a copy of ``3d²`` weights per call) is cheap
             against the matmul: ``d ≤ 147`` or at least ``d/2`` rows (a decode step at ``d = 256`` runs three).
             Default ``True``.
+        threaded_matvec: on a CPU, compute the products of at most 4 rows (tokens) without gradients, such as a
+            generation step's, as ``W·xᵀ`` with the weight's output rows cut into one block per thread, in one
+            batched product (``decode_deepln.decode_linear``), instead of ``F.linear``'s single-threaded
+            matrix-vector path: the same products to float rounding, reading the weights where they are (no
+            copies). Only for plain ``nn.Linear`` s without hooks (LoRA layers and watched modules run as before).
+            Default ``True``.
         sparse_mlm_loss: in a training forward (``model.train()``, gradients on) with ``labels``, run the MLM head
             only on the masked positions (``labels != -100``): the loss and its gradients equal the dense head's,
             the head's work shrinks to the masking rate, and ``outputs.logits`` is ``None`` (Cramming, Geiping &
@@ -324,12 +331,8 @@ class DeepLNGPTConfig(_DeepLNConfig):
     (code that reads training logits, e.g. a token-accuracy metric, keeps working); ``deepln pretrain`` turns it
     on. ``fuse_qkv`` as in :class:`DeepLNBertConfig`.
 
-    ``transposed_decode_weights``: on a CPU, ``generate`` runs the decode steps' matrix-vector products (at most 4
-    tokens) with the weights that have more outputs than inputs (the fused QKV, the FFN's first layer, the LM head)
-    through contiguous transposed copies, refreshed from the weights at each call: the same products to float
-    rounding, up to 2x faster each where the CPU BLAS prefers long rows (AMD EPYC, MKL). The copies cost memory
-    (+58 % of the blocks' weights, plus the head) from the first ``generate`` until ``model.train()``. Default
-    ``True``.
+    ``threaded_matvec`` as in :class:`DeepLNBertConfig` (greedy generation at batch 1 on 2 CPU cores: 1.2-1.5x
+    faster than ``F.linear``'s products, see the README's speed section).
     """
 
     model_type = "deepln_gpt"
@@ -344,7 +347,6 @@ class DeepLNGPTConfig(_DeepLNConfig):
         "embedding_dropout_prob": None,
         "lm_head_transform": False,
         "fused_lm_loss": False,
-        "transposed_decode_weights": True,
         "layer_norm_eps": 1e-5,
         "residual_norm": "pre_ln",
         "use_cache": True,

@@ -26,7 +26,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_deepln import _DeepLNConfig
-from .decode_deepln import decode_linear, is_plain_linear, release_transposed_copies
+from .decode_deepln import is_plain_linear, run_linear
 from .init_deepln import deferred_normal_init, normal_init_, xavier_normal_init_
 from .residual_deepln import ResidualConnection
 
@@ -132,14 +132,10 @@ class DeepLNAttention(nn.Module):
         11.9 ms at 256 rows); at ``d = 32`` fused wins at any row count (15 against 21 µs)."""
         projections = (self.q_proj, self.k_proj, self.v_proj)
         plain = all(is_plain_linear(p) and p.bias is not None for p in projections)
-        if self.config.fuse_qkv and plain:
-            decoded = decode_linear(self, hidden_states, projections)
-            if decoded is not None:
-                return decoded.chunk(3, dim=-1)
         d = hidden_states.shape[-1]
         rows_amortise_copy = 3 * d * d <= 65536 or 2 * (hidden_states.numel() // d) >= d
         if not (self.config.fuse_qkv and plain and rows_amortise_copy):
-            return tuple(p(hidden_states) for p in projections)
+            return tuple(run_linear(p, hidden_states, self.config.threaded_matvec) for p in projections)
         weight = torch.cat([p.weight for p in projections])
         bias = torch.cat([p.bias for p in projections])
         return nn.functional.linear(hidden_states, weight, bias).chunk(3, dim=-1)
@@ -172,7 +168,7 @@ class DeepLNAttention(nn.Module):
         )  # output: [batch, length, heads, head_dim]
         if self.head_scale is not None and self.head_scale_before_out_proj:
             output = output * self.head_scale[:, None].to(output.dtype)
-        output = self.out_proj(output.reshape(batch, length, -1))
+        output = run_linear(self.out_proj, output.reshape(batch, length, -1), self.config.threaded_matvec)
         if self.head_scale is not None and not self.head_scale_before_out_proj:
             output = (output.view(shape) * self.head_scale[:, None].to(output.dtype)).reshape(batch, length, -1)
         return output, weights
@@ -190,6 +186,7 @@ class DeepLNMLP(nn.Module):
 
     def __init__(self, config: _DeepLNConfig):
         super().__init__()
+        self.config = config
         self.fc1 = _tag(nn.Linear(config.hidden_size, config.intermediate_size), FFN_IN)
         self.act = activation(config.hidden_act)
         self.mid_norm = (
@@ -198,11 +195,11 @@ class DeepLNMLP(nn.Module):
         self.fc2 = _tag(nn.Linear(config.intermediate_size, config.hidden_size), FFN_OUT)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        decoded = decode_linear(self.fc1, hidden_states, (self.fc1,)) if is_plain_linear(self.fc1) else None
-        hidden_states = self.act(self.fc1(hidden_states) if decoded is None else decoded)
+        threaded_matvec = self.config.threaded_matvec
+        hidden_states = self.act(run_linear(self.fc1, hidden_states, threaded_matvec))
         if self.mid_norm is not None:
             hidden_states = self.mid_norm(hidden_states)
-        return self.fc2(hidden_states)
+        return run_linear(self.fc2, hidden_states, threaded_matvec)
 
 
 class LMHeadTransform(nn.Module):
@@ -218,12 +215,13 @@ class LMHeadTransform(nn.Module):
 
     def __init__(self, config: _DeepLNConfig):
         super().__init__()
+        self.config = config
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.act = ACT2FN[config.hidden_act]
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.act(self.dense(hidden_states)))
+        return self.norm(self.act(run_linear(self.dense, hidden_states, self.config.threaded_matvec)))
 
 
 class DeepLNBlock(GradientCheckpointingLayer):
@@ -525,13 +523,6 @@ class DeepLNPreTrainedModel(PreTrainedModel):
                 "num_hidden_layers and the other shape fields against the checkpoint's config.json."
             )
         return (model, info) if want_info else model
-
-    def train(self, mode: bool = True) -> DeepLNPreTrainedModel:
-        """``nn.Module.train``; switching to training also frees the transposed weight copies that ``generate``
-        keeps on a CPU (:func:`decode_deepln.transposed_decode_weights`)."""
-        if mode:
-            release_transposed_copies(self)
-        return super().train(mode)
 
     def initialize_weights(self) -> None:
         """``PreTrainedModel.initialize_weights``, with the normal draws filled on all CPU threads at the end

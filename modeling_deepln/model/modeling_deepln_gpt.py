@@ -25,12 +25,7 @@ from transformers.modeling_outputs import (
 from transformers.utils import logging
 
 from .configuration_deepln import DeepLNGPTConfig
-from .decode_deepln import (
-    decode_linear,
-    is_plain_linear,
-    release_transposed_copies,
-    transposed_decode_weights,
-)
+from .decode_deepln import run_linear
 from .layers_deepln import (
     CACHE_FIELD,
     DeepLNPreTrainedModel,
@@ -154,9 +149,8 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
     returns ``logits=None``, as transformers does under Liger's ``use_liger_kernel``. ``deepln pretrain`` turns it
     on; code that reads ``outputs.logits`` while training (e.g. TRL's token accuracy) keeps the default.
 
-    ``config.transposed_decode_weights`` (on by default): on a CPU, ``generate`` multiplies the decode steps' QKV,
-    FFN-in and LM-head weights through transposed copies refreshed for each call
-    (:func:`decode_deepln.transposed_decode_weights`).
+    ``config.threaded_matvec`` (on by default): on a CPU, the decode steps' products (at most 4 tokens, no
+    gradients) run as ``W·xᵀ`` split across the threads (:func:`decode_deepln.decode_linear`).
     """
 
     _tied_weights_keys = {"lm_head.weight": "transformer.token_embeddings.weight"}
@@ -182,17 +176,6 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings
-
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
-        """``GenerationMixin.generate``; on a CPU with ``config.transposed_decode_weights``, its matrix-vector
-        products read transposed weight copies refreshed for this call
-        (:func:`decode_deepln.transposed_decode_weights`)."""
-        enabled = getattr(self.config, "transposed_decode_weights", True)
-        if not enabled:
-            release_transposed_copies(self)
-        # on an accelerator the call is not marked at all: its host-bound decode steps skip the per-product checks
-        with transposed_decode_weights(enabled and self.device.type == "cpu"):
-            return super().generate(*args, **kwargs)
 
     def forward(
         self,
@@ -243,9 +226,7 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
             # returned when training with labels).
             loss = linear_cross_entropy(hidden_states, self.lm_head.weight, labels, **loss_kwargs)
         else:
-            head = self.lm_head
-            decoded = decode_linear(head, hidden_states, (head,)) if is_plain_linear(head) else None
-            logits = head(hidden_states) if decoded is None else decoded
+            logits = run_linear(self.lm_head, hidden_states, self.config.threaded_matvec)
             if labels is not None:
                 loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)
         output = CausalLMOutputWithPast(
