@@ -16,6 +16,7 @@ are spread over the layers too; at 48+ layers they are a small share).
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
@@ -31,6 +32,15 @@ MATMUL_OPS = frozenset({"addmm", "mm", "bmm", "baddbmm", "addbmm", "matmul", "mv
 ATTENTION_PREFIXES = ("_scaled_dot_product", "scaled_dot_product", "_flash_attention", "_efficient_attention",
                       "_softmax", "softmax", "flash_attn", "flex_attention")  # fmt: skip
 OPTIMIZER_MARK = "Optimizer.step"
+WALL_STEPS = 3
+"""Unprofiled steps whose median wall time the ops' time is subtracted from (one step alone can be an outlier: on a
+shared 2-core machine one 100-layer step took 1.40 s against a 0.97 s median, and the row read 49 % instead of ~7 %)."""
+
+
+def _seconds(step: Any) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
 
 
 def op_class(name: str, in_optimizer: bool = False) -> str | None:
@@ -87,7 +97,8 @@ def profile_by_class(
 ) -> str:
     """Profile one training step (forward, backward, AdamW with its state already created) of ``model`` after a
     warm-up step; return :func:`format_profile`'s table. "Python / dispatch" is the wall time of an unprofiled step
-    minus the profiled ops' time (the profiler slows the ops a little, so that row is a lower bound)."""
+    minus the profiled ops' time (the median of :data:`WALL_STEPS` unprofiled steps; the profiler slows the ops a
+    little, so that row is a lower bound)."""
     from torch.profiler import ProfilerActivity, profile
 
     from .measure import autocast, synchronize
@@ -104,9 +115,7 @@ def profile_by_class(
         synchronize(device)
 
     step()
-    start = time.perf_counter()
-    step()  # timed without the profiler, whose bookkeeping would count as Python / dispatch
-    wall = time.perf_counter() - start
+    wall = statistics.median(_seconds(step) for _ in range(WALL_STEPS))  # without the profiler's bookkeeping
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         step()
