@@ -202,3 +202,18 @@ def test_profile_of_a_real_step_has_every_class():
     values = {line[:18].strip(): float(line.split()[-3]) for line in table.splitlines()[2:]}
     assert values["matmul"] > 0 and values["attention"] > 0 and values["elementwise"] > 0
     assert values["optimizer"] > 0
+
+
+def test_fresh_compile_cache_points_inductor_at_an_empty_folder_and_restores(monkeypatch):
+    """``deepln bench --compile`` times a cold compile: inside the block inductor's cache folder is a new empty one
+    (what ``torch._inductor`` reads at each use), afterwards the previous setting is back and the folder is gone."""
+    import os
+
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    from modeling_deepln.bench.measure import fresh_compile_cache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/some-user-cache")
+    with fresh_compile_cache() as folder:
+        assert cache_dir() == folder and os.listdir(folder) == []
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/tmp/some-user-cache" and not os.path.exists(folder)

@@ -154,6 +154,28 @@ def timed_build(build: Callable[[], nn.Module], device: torch.device) -> tuple[n
 
 
 @contextmanager
+def fresh_compile_cache() -> Iterator[str]:
+    """Inside the block, ``torch.compile`` writes and reads its on-disk caches (inductor's compiled kernels and
+    graphs, AOTAutograd's) in a new, empty folder (``TORCHINDUCTOR_CACHE_DIR``), so a first compile there is what
+    a machine that never compiled the model pays (a *cold* compile), whatever earlier runs left in the default
+    folder. The folder is removed afterwards."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="deepln-bench-inductor-")
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    try:
+        yield folder
+    finally:
+        if previous is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
 def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
     """Mixed precision for low-precision dtypes (fp32 master weights, as Trainer's ``bf16=True`` does)."""
     if dtype == torch.float32:
