@@ -348,7 +348,8 @@ def test_threaded_matvec_equals_f_linear_within_float32_rounding(shape, threads)
 
 def test_threaded_matvec_declines_where_it_does_not_apply():
     """``None`` (the caller runs ``F.linear``) above 4 rows, with gradients needed, for float64, for a
-    non-contiguous weight and a weight too small to split; ``run_linear`` calls hooked modules, so the hooks fire."""
+    non-contiguous weight and a weight too small to split; ``run_linear`` calls hooked modules, so the hooks (the
+    module's own and global ones) fire."""
     from modeling_deepln.model.decode_deepln import decode_linear, run_linear
 
     linear = torch.nn.Linear(32, 64)
@@ -366,7 +367,12 @@ def test_threaded_matvec_declines_where_it_does_not_apply():
         hooked = torch.nn.Linear(32, 64)
         hooked.register_forward_hook(lambda *args: seen.append(1))
         run_linear(hooked, x.float())
-    assert seen == [1]
+        handle = torch.nn.modules.module.register_module_forward_hook(lambda *args: seen.append(2))
+        try:  # a global module hook (a profiler's, a tracer's) sees every module call too
+            run_linear(torch.nn.Linear(32, 64), x.float())
+        finally:
+            handle.remove()
+    assert seen == [1, 2]
 
 
 def _count_threaded_products(monkeypatch):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
 DECODE_ROWS = 4
 """Products of at most this many rows (tokens) go through :func:`decode_linear`. From ~8 rows on ``F.linear``'s
@@ -25,48 +26,53 @@ MIN_BLOCK_ROWS = 16
 
 
 def is_plain_linear(module: nn.Module) -> bool:
-    """A bare ``nn.Linear`` without hooks (not a PEFT/LoRA layer, not watched by a monitor)."""
-    return type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+    """A bare ``nn.Linear`` without hooks of its own or global ones (not a PEFT/LoRA layer, not watched by a
+    monitor or a profiler's module hooks)."""
+    return type(module) is nn.Linear and not (
+        module._forward_hooks or module._forward_pre_hooks or _global_forward_hooks or _global_forward_pre_hooks
+    )
 
 
 def decode_linear(linear: nn.Linear, hidden_states: torch.Tensor) -> torch.Tensor | None:
     """``linear(hidden_states)`` for at most :data:`DECODE_ROWS` rows on a CPU, computed as ``W·xᵀ`` with ``W``'s
     output rows cut into one block per thread (at least two: even on one thread the batched form avoids the slow
-    single-row path), all blocks in one ``torch.bmm``; ``None`` where the path does not apply (more rows, off the
-    CPU, a dtype other than float32, gradients needed, under ``torch.compile``, a non-contiguous weight or a tensor
-    subclass such as a quantized or distributed weight), and the caller runs ``linear`` itself.
+    single-row path), all blocks in one ``torch.baddbmm`` (the bias added in it); ``None`` where the path does not
+    apply (more rows, off the CPU, a dtype other than float32, gradients needed, under ``torch.compile``, a
+    non-contiguous weight or a tensor subclass such as a quantized or distributed weight), and the caller runs
+    ``linear`` itself.
 
     The same products as ``F.linear`` to float rounding (the sums may be taken in another order). ``linear`` must be
-    a plain ``nn.Linear`` (:func:`is_plain_linear`): its hooks and adapters are not called here."""
+    a plain ``nn.Linear`` (:func:`is_plain_linear`): its hooks and adapters are not called here. Its own cost, the
+    checks and views, is ~5 µs a call over ``F.linear``'s (15 against 10 µs at width 32, 2 threads)."""
     if torch.compiler.is_compiling():  # inductor makes its own kernels
         return None
     weight, bias = linear.weight, linear.bias
-    in_features = weight.shape[1]
+    out_features, in_features = weight.shape
     rows = hidden_states.numel() // in_features
-    if rows > DECODE_ROWS or rows == 0 or hidden_states.device.type != "cpu" or weight.device.type != "cpu":
+    blocks = min(max(2, torch.get_num_threads()), out_features // MIN_BLOCK_ROWS)
+    if not (0 < rows <= DECODE_ROWS and blocks >= 2 and weight.is_cpu and hidden_states.is_cpu):
         return None
-    if hidden_states.dtype != torch.float32 or weight.dtype != torch.float32 or type(weight.data) is not torch.Tensor:
+    if hidden_states.dtype != torch.float32 or weight.dtype != torch.float32 or not weight.is_contiguous():
         return None
     if torch.is_grad_enabled() and (hidden_states.requires_grad or weight.requires_grad):
         return None
-    if not weight.is_contiguous():
-        return None
-    out_features = weight.shape[0]
-    blocks = min(max(2, torch.get_num_threads()), out_features // MIN_BLOCK_ROWS)
-    if blocks < 2:
+    if type(weight.data) is not torch.Tensor:  # a tensor subclass multiplies in its own way
         return None
     block_rows = out_features // blocks
     split = blocks * block_rows
-    columns = hidden_states.reshape(rows, in_features).t()  # [in, rows]
-    products = torch.bmm(
-        weight[:split].view(blocks, block_rows, in_features), columns.expand(blocks, in_features, rows)
-    ).view(split, rows)
+    columns = hidden_states.reshape(1, rows, in_features).transpose(1, 2)  # [1, in, rows]
+    blocked = (weight if split == out_features else weight[:split]).view(blocks, block_rows, in_features)
+    if bias is None:
+        products = torch.bmm(blocked, columns.expand(blocks, in_features, rows))
+    else:
+        biases = (bias if split == out_features else bias[:split]).view(blocks, block_rows, 1)
+        products = torch.baddbmm(biases, blocked, columns.expand(blocks, in_features, rows))
     if split < out_features:  # the rows left over (an odd vocabulary): one small product more
-        products = torch.cat([products, weight[split:] @ columns])
-    output = products.t().contiguous()  # [rows, out]: a copy only for several rows, a fresh tensor either way
-    if bias is not None:
-        output.add_(bias)
-    return output.view(*hidden_states.shape[:-1], out_features)
+        rest = weight[split:] @ columns[0] if bias is None else torch.addmm(bias[split:, None], weight[split:], columns[0])
+        products = torch.cat([products.view(split, rows), rest])
+    if rows > 1:  # [out, rows] -> [rows, out]
+        products = products.view(out_features, rows).t().contiguous()
+    return products.view(*hidden_states.shape[:-1], out_features)
 
 
 def run_linear(linear: nn.Module, hidden_states: torch.Tensor, decode_products: bool = True) -> torch.Tensor:
