@@ -72,7 +72,7 @@ def plot_ratios(rows: list[Row], path: Path) -> Path | None:
     ax.invert_yaxis()
     ax.set_xlabel("times better than the named peer, same run (log scale)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the long row labels stay whole
     plt.close(fig)
     return path
 
