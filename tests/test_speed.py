@@ -349,7 +349,7 @@ def test_threaded_matvec_equals_f_linear_within_float32_rounding(shape, threads)
 def test_threaded_matvec_declines_where_it_does_not_apply():
     """``None`` (the caller runs ``F.linear``) above 4 rows, with gradients needed, for float64, for a
     non-contiguous weight and a weight too small to split; ``run_linear`` calls hooked modules, so the hooks (the
-    module's own and global ones) fire."""
+    module's own and global ones) fire, and a ``forward`` replaced on the instance runs."""
     from modeling_deepln.model.decode_deepln import decode_linear, run_linear
 
     linear = torch.nn.Linear(32, 64)
@@ -372,7 +372,10 @@ def test_threaded_matvec_declines_where_it_does_not_apply():
             run_linear(torch.nn.Linear(32, 64), x.float())
         finally:
             handle.remove()
-    assert seen == [1, 2]
+        wrapped = torch.nn.Linear(32, 64)  # forward replaced on the instance, as Accelerate's offloading hooks do
+        wrapped.forward = lambda hidden_states: seen.append(3) or torch.nn.Linear.forward(wrapped, hidden_states)
+        run_linear(wrapped, x.float())
+    assert seen == [1, 2, 3]
 
 
 def _count_threaded_products(monkeypatch):

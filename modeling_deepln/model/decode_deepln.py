@@ -26,10 +26,12 @@ MIN_BLOCK_ROWS = 16
 
 
 def is_plain_linear(module: nn.Module) -> bool:
-    """A bare ``nn.Linear`` without hooks of its own or global ones (not a PEFT/LoRA layer, not watched by a
-    monitor or a profiler's module hooks)."""
-    return type(module) is nn.Linear and not (
-        module._forward_hooks or module._forward_pre_hooks or _global_forward_hooks or _global_forward_pre_hooks
+    """A bare ``nn.Linear``: no hooks of its own or global ones, no ``forward`` replaced on the instance (not a
+    PEFT/LoRA layer, not watched by a monitor or a profiler, not wrapped by Accelerate's offloading hooks)."""
+    return (
+        type(module) is nn.Linear
+        and "forward" not in module.__dict__
+        and not (module._forward_hooks or module._forward_pre_hooks or _global_forward_hooks or _global_forward_pre_hooks)
     )
 
 
