@@ -322,8 +322,8 @@ def _float64_error_bound(rows, weight):
 @pytest.mark.parametrize("shape", [(97, 32), (64, 32), (32, 64), (50, 50)])
 def test_threaded_matvec_equals_f_linear_within_float32_rounding(shape, threads):
     """``decode_linear`` (``W·xᵀ`` in per-thread blocks of output rows, one ``bmm``; an odd row count leaves a
-    remainder) for 1-4 rows, 2-D and 3-D inputs, with and without bias: within float32's dot-product error bound
-    of the float64 product, as ``F.linear`` is."""
+    remainder) for 1-4 rows (and 8-16 where the weight has at least as many outputs as inputs), 2-D and 3-D inputs,
+    with and without bias: within float32's dot-product error bound of the float64 product, as ``F.linear`` is."""
     from modeling_deepln.model.decode_deepln import decode_linear
 
     out_features, in_features = shape
@@ -333,7 +333,10 @@ def test_threaded_matvec_equals_f_linear_within_float32_rounding(shape, threads)
         for bias in (True, False):
             torch.manual_seed(out_features + bias)
             linear = torch.nn.Linear(in_features, out_features, bias=bias)
-            for rows in ((1, in_features), (3, in_features), (2, 2, in_features), (1, 1, in_features)):
+            shapes = [(1, in_features), (3, in_features), (2, 2, in_features), (1, 1, in_features)]
+            if out_features >= in_features:  # up to 16 rows for such weights
+                shapes += [(8, in_features), (4, 4, in_features)]
+            for rows in shapes:
                 x = torch.randn(rows)
                 with torch.no_grad():
                     got, plain = decode_linear(linear, x), linear(x)
@@ -347,14 +350,18 @@ def test_threaded_matvec_equals_f_linear_within_float32_rounding(shape, threads)
 
 
 def test_threaded_matvec_declines_where_it_does_not_apply():
-    """``None`` (the caller runs ``F.linear``) above 4 rows, with gradients needed, for float64, for a
-    non-contiguous weight and a weight too small to split; ``run_linear`` calls hooked modules, so the hooks (the
-    module's own and global ones) fire, and a ``forward`` replaced on the instance runs."""
+    """``None`` (the caller runs ``F.linear``) above 16 rows (4 for a weight with more inputs than outputs), with
+    gradients needed, for float64, for a non-contiguous weight and a weight too small to split; ``run_linear`` calls
+    hooked modules, so the hooks (the module's own and global ones) fire, and a ``forward`` replaced on the instance
+    runs."""
     from modeling_deepln.model.decode_deepln import decode_linear, run_linear
 
     linear = torch.nn.Linear(32, 64)
     x = torch.randn(1, 32)
-    assert decode_linear(linear, torch.randn(5, 32)) is None
+    with torch.no_grad():
+        assert decode_linear(linear, torch.randn(16, 32)) is not None  # [64, 32]: up to 16 rows
+        assert decode_linear(linear, torch.randn(17, 32)) is None
+        assert decode_linear(torch.nn.Linear(64, 32), torch.randn(5, 64)) is None  # more inputs: up to 4 rows
     assert decode_linear(linear, x) is None  # the weight requires grad and grad mode is on
     with torch.no_grad():
         assert decode_linear(linear, x) is not None
@@ -404,9 +411,11 @@ def test_generate_with_threaded_matvec_equals_the_f_linear_path(monkeypatch, fus
     for prompt in (torch.randint(1, 97, (1, 5)), torch.randint(1, 97, (3, 4))):
         served.clear()
         got_ids, got_scores = _greedy_scores(model, prompt)
-        # 9 decode steps through 2 layers (out_proj, fc1, fc2; q, k, v unfused) and the head, which also serves
-        # the prefill's last position (generate keeps 1 logit); the prefill's blocks (4-5 rows a sequence) are not
-        assert sum(served) == 9 * 2 * (3 if fuse_qkv else 6) + 10
+        # 9 decode steps through 2 layers (out_proj, fc1, fc2; q, k, v unfused) and the head; the prefill (5 or
+        # 12 rows) through all but fc2 (more inputs than outputs: 4 rows at most) and the head (1 logit kept)
+        per_layer = 3 if fuse_qkv else 6
+        assert sum(served) == 9 * (2 * per_layer + 1) + 2 * (per_layer - 1) + 1
+        assert served.count(False) == 2
         model.config.threaded_matvec = False
         served.clear()
         want_ids, want_scores = _greedy_scores(model, prompt)
