@@ -267,11 +267,11 @@ class DeepLNBertConfig(_DeepLNConfig):
             against the matmul: ``d ≤ 147`` or at least ``d/2`` rows (a decode step at ``d = 256`` runs three).
             Default ``True``.
         threaded_matvec: on a CPU, compute the products of at most 4 rows (tokens; 16 for weights with at least as
-            many outputs as inputs) without gradients, such as a generation step's, as ``W·xᵀ`` with the weight's output rows cut into one block per thread, in one
-            batched product (``decode_deepln.decode_linear``), instead of ``F.linear``'s single-threaded
-            matrix-vector path: the same products to float rounding, reading the weights where they are (no
-            copies). Only for plain ``nn.Linear`` s without hooks (LoRA layers and watched modules run as before).
-            Default ``True``.
+            many outputs as inputs) without gradients, such as a generation step's, as ``W·xᵀ`` with the weight's
+            output rows cut into one block per thread, in one batched product (``decode_deepln.decode_linear``),
+            instead of ``F.linear``'s single-threaded matrix-vector path: the same products to float rounding,
+            reading the weights where they are (no copies). Only for plain ``nn.Linear`` s without hooks (LoRA
+            layers and watched modules run as before). Default ``True``.
         sparse_mlm_loss: in a training forward (``model.train()``, gradients on) with ``labels``, run the MLM head
             only on the masked positions (``labels != -100``): the loss and its gradients equal the dense head's,
             the head's work shrinks to the masking rate, and ``outputs.logits`` is ``None`` (Cramming, Geiping &
