@@ -36,7 +36,8 @@ def is_plain_linear(module: nn.Module) -> bool:
     return (
         type(module) is nn.Linear
         and "forward" not in module.__dict__
-        and not (module._forward_hooks or module._forward_pre_hooks or _global_forward_hooks or _global_forward_pre_hooks)
+        and not (module._forward_hooks or module._forward_pre_hooks)
+        and not (_global_forward_hooks or _global_forward_pre_hooks)
     )
 
 
@@ -77,7 +78,9 @@ def decode_linear(linear: nn.Linear, hidden_states: torch.Tensor) -> torch.Tenso
         biases = (bias if split == out_features else bias[:split]).view(blocks, block_rows, 1)
         products = torch.baddbmm(biases, blocked, columns.expand(blocks, in_features, rows))
     if split < out_features:  # the rows left over (an odd vocabulary): one small product more
-        rest = weight[split:] @ columns[0] if bias is None else torch.addmm(bias[split:, None], weight[split:], columns[0])
+        rest = weight[split:] @ columns[0]
+        if bias is not None:
+            rest += bias[split:, None]
         products = torch.cat([products.view(split, rows), rest])
     if rows > 1:  # [out, rows] -> [rows, out]
         products = products.view(out_features, rows).t().contiguous()
