@@ -220,6 +220,8 @@ def test_stacking_copies_layers_and_keeps_the_small_stack_exact(scheme, tmp_path
         for (name, p), q in zip(block.named_parameters(), source.parameters()):
             assert torch.equal(p, q), name
             assert index < 2 or p is not q
+        # the copies read the model's config (a fast-path switch set later reaches them), not a copy of it
+        assert block.attention.config is config and block.mlp.config is config
     with torch.no_grad():
         hidden = model.bert(ids, output_hidden_states=True).hidden_states
     if scheme != "pre_ln":  # Post-LN: the first two grown layers reproduce the small stack (α compensated)

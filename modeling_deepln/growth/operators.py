@@ -242,17 +242,23 @@ def copy_without_hooks(module: nn.Module) -> nn.Module:
 
     ``copy.deepcopy`` copies hook dictionaries too, so a copied block would keep calling the hooks of its source
     (a NaN guard or monitor would then report the copy under the source's name). The hooks are set aside during the
-    copy and put back on the source unchanged (their removal handles stay valid).
+    copy and put back on the source unchanged (their removal handles stay valid). The model config the submodules
+    refer to (``attention.config``, ``mlp.config``) is shared, not copied, so that a switch set on
+    ``model.config`` later (``threaded_matvec``, ``fuse_qkv``) reaches the copied blocks too.
     """
     saved = []
+    shared: dict[int, object] = {}
     for submodule in module.modules():
+        config = submodule.__dict__.get("config")
+        if config is not None:
+            shared[id(config)] = config
         for name in _HOOK_DICTS:
             hooks = getattr(submodule, name, None)
             if hooks:
                 saved.append((submodule, name, hooks))
                 setattr(submodule, name, OrderedDict())
     try:
-        return copy.deepcopy(module)
+        return copy.deepcopy(module, memo=shared)
     finally:
         for submodule, name, hooks in saved:
             setattr(submodule, name, hooks)

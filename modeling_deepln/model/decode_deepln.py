@@ -52,7 +52,8 @@ def decode_linear(linear: nn.Linear, hidden_states: torch.Tensor) -> torch.Tenso
 
     The same products as ``F.linear`` to float rounding (the sums may be taken in another order). ``linear`` must be
     a plain ``nn.Linear`` (:func:`is_plain_linear`): its hooks and adapters are not called here. Its own cost, the
-    checks and views, is ~5 µs a call over ``F.linear``'s (15 against 10 µs at width 32, 2 threads)."""
+    checks and views, is ~7 µs a call over an ``nn.Linear`` call (12.6 against 6.0 µs for ``[64, 32]``, 2 threads),
+    repaid from ``[256, 256]`` on (16 against 34 µs)."""
     if torch.compiler.is_compiling():  # inductor makes its own kernels
         return None
     weight, bias = linear.weight, linear.bias
