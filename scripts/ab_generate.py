@@ -1,6 +1,6 @@
-"""Greedy ``generate`` (batch 1 unless ``--batch-size``), deepln ``pre_ln`` (with and without ``threaded_matvec``) against
-``GPT2LMHeadModel`` of the same shape, interleaved in one process: the side-by-side number behind the README's
-generation rows on a machine whose speed drifts between runs.
+"""Greedy ``generate`` (batch 1 unless ``--batch-size``), deepln ``pre_ln`` (with and without ``threaded_matvec``)
+against ``GPT2LMHeadModel`` of the same shape, interleaved in one process: the side-by-side number behind the
+README's generation rows on a machine whose speed drifts between runs.
 
     python scripts/ab_generate.py [--layers 48] [--new-tokens 32] [--reps 7] [--threads 2] [--batch-size 1]
 

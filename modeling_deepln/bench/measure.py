@@ -153,6 +153,14 @@ def timed_build(build: Callable[[], nn.Module], device: torch.device) -> tuple[n
     return model, seconds, memory.peak
 
 
+def one_step_seconds(step: Callable[[], None], device: torch.device) -> float:
+    """Wall seconds of one call of ``step`` (the device synchronised after it)."""
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
 @contextmanager
 def fresh_compile_cache() -> Iterator[str]:
     """Inside the block, ``torch.compile`` writes and reads its on-disk caches (inductor's compiled kernels and

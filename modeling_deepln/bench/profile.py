@@ -17,7 +17,6 @@ are spread over the layers too; at 48+ layers they are a small share).
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any
 
 import torch
@@ -35,12 +34,6 @@ OPTIMIZER_MARK = "Optimizer.step"
 WALL_STEPS = 3
 """Unprofiled steps whose median wall time the ops' time is subtracted from (one step alone can be an outlier: on a
 shared 2-core machine one 100-layer step took 1.40 s against a 0.97 s median, and the row read 49 % instead of ~7 %)."""
-
-
-def _seconds(step: Any) -> float:
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
 
 
 def op_class(name: str, in_optimizer: bool = False) -> str | None:
@@ -101,7 +94,7 @@ def profile_by_class(
     little, so that row is a lower bound)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from .measure import autocast, synchronize
+    from .measure import autocast, one_step_seconds, synchronize
 
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, **({"fused": True} if device.type == "cuda" else {}))
@@ -115,7 +108,7 @@ def profile_by_class(
         synchronize(device)
 
     step()
-    wall = statistics.median(_seconds(step) for _ in range(WALL_STEPS))  # without the profiler's bookkeeping
+    wall = statistics.median(one_step_seconds(step, device) for _ in range(WALL_STEPS))  # no profiler bookkeeping
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         step()

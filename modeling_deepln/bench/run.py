@@ -20,7 +20,6 @@ and its ratio to the peer it names (``Row.peer``: ``GPT2LMHeadModel``, ``BertFor
 from __future__ import annotations
 
 import gc
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -37,6 +36,7 @@ from .measure import (
     interleaved_median_seconds,
     matmul_peak_flops,
     memory_bandwidth,
+    one_step_seconds,
     synchronize,
     timed_build,
     train_step,
@@ -198,13 +198,6 @@ the compile of a later process, which finds inductor's and AOTAutograd's cached 
 traces). Compiled contestants after the first share its block graph when their blocks are alike."""
 
 
-def _one_step_seconds(step: Any, device: torch.device) -> float:
-    start = time.perf_counter()
-    step()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
 def _throughput_rows(
     case: str, contestants: list[Contestant], models: dict[str, Any], config: Any, batch: dict[str, torch.Tensor],
     options: BenchOptions, peak: float,
@@ -223,11 +216,11 @@ def _throughput_rows(
         if compiled:  # the compiler's one-time start-up (imports, toolchain checks) is no contestant's compile time
             torch.compile(torch.sin)(torch.zeros(8, device=device))
         for name in compiled:  # the first step compiles, into an empty cache folder: a cold compile
-            first[name] = _one_step_seconds(steps[name], device)
+            first[name] = one_step_seconds(steps[name], device)
         train = interleaved_median_seconds(steps, device, options.steps)
         if compiled:  # forget the compiled code, keep the on-disk caches: what every later run on the machine pays
             torch._dynamo.reset()
-            again = {name: _one_step_seconds(steps[name], device) for name in compiled}
+            again = {name: one_step_seconds(steps[name], device) for name in compiled}
     del steps
     inferring = [c for c in contestants if c.work != SHORTCUTS]  # a shortcut changes the training loss only
     infer = interleaved_median_seconds(
