@@ -90,12 +90,48 @@ def flush_denormals() -> bool:
     return bool(torch.set_flush_denormal(True))
 
 
+KEEP_MALLOC_ENV = "DEEPLN_KEEP_MALLOC"
+"""Set this environment variable to 1 to keep glibc's memory-release defaults in a ``deepln`` command (see
+:func:`keep_freed_memory`)."""
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Let this process keep the memory it frees for its next allocations instead of giving it back to the kernel
+    (glibc ``malloc``: blocks up to 1 GiB come from the heap, ``M_MMAP_THRESHOLD``, and the heap is never trimmed,
+    ``M_TRIM_THRESHOLD = -1``).
+
+    A training step allocates and frees the same tensors every step. By default glibc maps every block above 32 MiB
+    (the ``[tokens, vocabulary]`` logits, their log-softmax and gradient: 206 MB each at 8 x 128 tokens and 50,257
+    words) afresh and returns the heap's free top to the kernel, so each step page-faults that memory back in and
+    the kernel zero-fills it: measured on 2 AMD EPYC cores, a 48-layer GPT step with the dense LM head took 3.2-3.7 s
+    with 270-290K page faults, 2.4 s with this setting (40K), peak memory 3.04 → 3.49 GB; with ``deepln
+    pretrain``'s fused LM head 3.10 → 2.65-2.72 s (190K → 23K faults), peak memory the same. The cost: the process
+    keeps its peak memory until it exits. Returns whether it was set (glibc on Linux only; skipped when
+    ``DEEPLN_KEEP_MALLOC=1``)."""
+    if os.environ.get(KEEP_MALLOC_ENV, "") not in ("", "0"):
+        return False
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, -1))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deepln`` console script. Exits (``SystemExit``) with 2 on bad input, 1 on a failed run.
 
-    Every command runs with float subnormals flushed to zero on the CPU (:func:`flush_denormals`)."""
+    Every command runs with float subnormals flushed to zero on the CPU (:func:`flush_denormals`) and keeps the
+    memory it frees for its next steps (:func:`keep_freed_memory`)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     flush_denormals()
+    keep_freed_memory()
     parser = build_parser()
     ns = parser.parse_args(argv)  # argparse prints 'deepln: error: ...' and exits 2 itself
     run = ns._run
