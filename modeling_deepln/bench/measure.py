@@ -211,10 +211,7 @@ def interleaved_median_seconds(
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(one_step_seconds(step, device))
     return {name: statistics.median(values) if values else 0.0 for name, values in times.items()}
 
 

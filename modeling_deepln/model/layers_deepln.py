@@ -131,10 +131,10 @@ class DeepLNAttention(nn.Module):
         break-even near 128-256 rows (at ``d = 1024``: 1.45 ms against 0.63 ms at 1 row, still 12.5 against
         11.9 ms at 256 rows); at ``d = 32`` fused wins at any row count (15 against 21 µs)."""
         projections = (self.q_proj, self.k_proj, self.v_proj)
-        plain = all(is_plain_linear(p) and p.bias is not None for p in projections)
         d = hidden_states.shape[-1]
         rows_amortise_copy = 3 * d * d <= 65536 or 2 * (hidden_states.numel() // d) >= d
-        if not (self.config.fuse_qkv and plain and rows_amortise_copy):
+        fuse = self.config.fuse_qkv and rows_amortise_copy  # then the hooks check (run_linear checks them itself)
+        if not (fuse and all(is_plain_linear(p) and p.bias is not None for p in projections)):
             threaded_matvec = self.config.threaded_matvec  # a config read costs ~1 µs (transformers' getattr)
             return tuple(run_linear(p, hidden_states, threaded_matvec) for p in projections)
         weight = torch.cat([p.weight for p in projections])
