@@ -26,6 +26,7 @@ from .layers_deepln import (
     DeepLNPreTrainedModel,
     LMHeadTransform,
     build_blocks,
+    call_eagerly,
     check_input_ids,
     check_sequence_length,
     pop_loss_kwargs,
@@ -99,6 +100,20 @@ class DeepLNBertModel(DeepLNBertPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
+    def _embed(
+        self,
+        input_ids: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, Any]:
+        """The blocks' inputs: the embeddings (after checking the ids) and the attention mask."""
+        check_input_ids(input_ids, self.config)
+        check_input_ids(token_type_ids, self.config, vocab_size=self.config.type_vocab_size, name="token_type_ids")
+        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+        return hidden_states, create_bidirectional_mask(self.config, hidden_states, attention_mask)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -121,8 +136,6 @@ class DeepLNBertModel(DeepLNBertPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        check_input_ids(input_ids, self.config)
-        check_input_ids(token_type_ids, self.config, vocab_size=self.config.type_vocab_size, name="token_type_ids")
         length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         check_sequence_length(length, self.config)
         if output_attentions is None:
@@ -130,8 +143,10 @@ class DeepLNBertModel(DeepLNBertPreTrainedModel):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
 
-        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
-        mask = create_bidirectional_mask(self.config, hidden_states, attention_mask)
+        # outside torch.compile's graphs (their kernels would cost compile time and save next to nothing)
+        hidden_states, mask = call_eagerly(
+            self._embed, input_ids, token_type_ids, position_ids, inputs_embeds, attention_mask
+        )
         hidden_states, all_hidden_states, all_attentions = run_blocks(
             self.layers,
             self.final_norm,
@@ -196,6 +211,13 @@ class DeepLNBertForMaskedLM(DeepLNBertPreTrainedModel):
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head.decoder = new_embeddings
 
+    def _sparse_mlm_loss(self, hidden_states: torch.Tensor, labels: torch.Tensor, loss_kwargs: dict) -> torch.Tensor:
+        """The MLM loss with the head run on the masked positions (``labels != -100``) only."""
+        labels = labels.to(hidden_states.device)
+        masked = labels != -100
+        masked_logits = self.lm_head(hidden_states[masked])
+        return self.loss_function(masked_logits, labels[masked], vocab_size=self.config.vocab_size, **loss_kwargs)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -230,10 +252,8 @@ class DeepLNBertForMaskedLM(DeepLNBertPreTrainedModel):
         )
         hidden_states, logits, loss = outputs.last_hidden_state, None, None
         if labels is not None and self.sparse_mlm_loss and self.training and torch.is_grad_enabled():
-            labels = labels.to(hidden_states.device)
-            masked = labels != -100
-            masked_logits = self.lm_head(hidden_states[masked])
-            loss = self.loss_function(masked_logits, labels[masked], vocab_size=self.config.vocab_size, **loss_kwargs)
+            # eager under torch.compile: the number of masked tokens changes every batch (a recompile each time)
+            loss = call_eagerly(self._sparse_mlm_loss, hidden_states, labels, loss_kwargs)
         else:
             logits = self.lm_head(hidden_states)
             if labels is not None:

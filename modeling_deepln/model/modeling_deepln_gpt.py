@@ -31,6 +31,7 @@ from .layers_deepln import (
     DeepLNPreTrainedModel,
     LMHeadTransform,
     build_blocks,
+    call_eagerly,
     check_input_ids,
     check_sequence_length,
     keep_last_positions,
@@ -69,6 +70,27 @@ class DeepLNGPTModel(DeepLNGPTPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.token_embeddings = value
 
+    def _embed(
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        cache: Cache | None,
+    ) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """The blocks' inputs: ``dropout(token + position embeddings)``, the causal mask and the positions."""
+        if inputs_embeds is None:
+            check_input_ids(input_ids, self.config)
+            inputs_embeds = self.token_embeddings(input_ids)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        length = inputs_embeds.shape[1]
+        check_sequence_length(past_length + length, self.config)
+        if position_ids is None:
+            position_ids = torch.arange(past_length, past_length + length, device=inputs_embeds.device).unsqueeze(0)
+        hidden_states = self.dropout(inputs_embeds + self.position_embeddings(position_ids))
+        mask = create_causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids)
+        return hidden_states, mask, position_ids
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -105,19 +127,13 @@ class DeepLNGPTModel(DeepLNGPTPreTrainedModel):
             logger.warning_once("use_cache=True is incompatible with gradient checkpointing; using use_cache=False.")
             use_cache, cache = False, None
 
-        if inputs_embeds is None:
-            check_input_ids(input_ids, self.config)
-            inputs_embeds = self.token_embeddings(input_ids)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        past_length = cache.get_seq_length() if cache is not None else 0
-        length = inputs_embeds.shape[1]
-        check_sequence_length(past_length + length, self.config)
-        if position_ids is None:
-            position_ids = torch.arange(past_length, past_length + length, device=inputs_embeds.device).unsqueeze(0)
-
-        hidden_states = self.dropout(inputs_embeds + self.position_embeddings(position_ids))
-        mask = create_causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids)
+        inputs = (input_ids, inputs_embeds, attention_mask, position_ids, cache)
+        if cache is None:  # training, scoring: the embeddings stay out of torch.compile's graphs
+            hidden_states, mask, position_ids = call_eagerly(self._embed, *inputs)
+        else:  # generation: generate's static-cache compile traces the whole step
+            hidden_states, mask, position_ids = self._embed(*inputs)
         hidden_states, all_hidden_states, all_attentions = run_blocks(
             self.layers,
             self.final_norm,
