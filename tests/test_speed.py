@@ -24,6 +24,7 @@ import torch
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 from modeling_deepln import DeepLNBertForMaskedLM, DeepLNGPTForCausalLM, load_preset
+from modeling_deepln.model import layers_deepln
 from modeling_deepln.model.layers_deepln import linear_cross_entropy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +39,9 @@ def tiny_gpt_config(layers: int = 3, **overrides):
     return load_preset("gpt-1k", **{**shape, **overrides})
 
 
-@pytest.mark.parametrize("num_items, chunk", [(None, 7), (None, 1000), (37, 5)])
-def test_linear_cross_entropy_equals_lm_head_then_loss(num_items, chunk):
+@pytest.mark.parametrize("num_items, chunk", [(None, 7), (None, 1000), (37, 5), (None, None), (37, None)])
+def test_linear_cross_entropy_equals_lm_head_then_loss(num_items, chunk, monkeypatch):
+    monkeypatch.setattr(layers_deepln, "LOGITS_PER_CHUNK", 97 * 10)  # default chunks: 4 of 9, 9, 9 and 6 tokens
     torch.manual_seed(0)
     weight = torch.randn(97, 16, requires_grad=True)
     hidden = torch.randn(3, 11, 16, requires_grad=True)
@@ -52,6 +54,21 @@ def test_linear_cross_entropy_equals_lm_head_then_loss(num_items, chunk):
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=0)
     for got, want in zip(fused_grads, plain_grads):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * max(float(g.abs().max()) for g in plain_grads))
+
+
+def test_linear_cross_entropy_in_bfloat16_accumulates_the_weight_gradient_in_float32():
+    torch.manual_seed(0)
+    weight = torch.randn(97, 16, dtype=torch.bfloat16, requires_grad=True)
+    hidden = torch.randn(3, 11, 16, dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.randint(0, 97, (3, 11))
+    plain = ForCausalLMLoss(hidden.float() @ weight.float().t(), labels, 97)
+    plain_grads = torch.autograd.grad(plain, (hidden, weight))
+    fused = linear_cross_entropy(hidden, weight, labels, chunk_size=5)
+    fused_grads = torch.autograd.grad(fused, (hidden, weight))
+    assert fused.dtype == torch.float32 and fused_grads[1].dtype == torch.bfloat16
+    torch.testing.assert_close(fused, plain, rtol=1e-2, atol=0)  # bf16 logits: ~3 significant digits
+    for got, want in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=2e-2 * float(want.float().abs().max()))
 
 
 def test_gpt_training_loss_uses_fused_head_and_matches_plain_path():

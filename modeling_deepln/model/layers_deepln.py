@@ -401,12 +401,17 @@ def keep_last_positions(hidden_states: torch.Tensor, logits_to_keep: int | torch
     return hidden_states[:, logits_to_keep, :]
 
 
+LOGITS_PER_CHUNK = 2**25
+"""The fused LM loss's chunk budget: 32M logits (128 MiB in fp32), whatever the batch."""
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Cross-entropy of ``hidden @ weightᵀ`` without the ``[tokens, vocab]`` logits: chunk by chunk of tokens, the
     forward pass computes the loss and, at once, the gradients (``∂L/∂z = softmax(z) − onehot(target)`` per valid
     token, over the divisor), so no chunk's logits outlive it (the Liger-Kernel "fused linear cross-entropy").
-    The matmul work equals the plain path's (forward, ∂hidden, ∂weight); memory traffic stays in cache-sized
-    chunks."""
+    The matmul work equals the plain path's (forward, ∂hidden, ∂weight). Per chunk, one ``log_softmax`` gives
+    the loss and, exponentiated in place, the softmax; the per-token factor ``valid / divisor`` scales the
+    ``[chunk, hidden]`` operands instead of the ``[chunk, vocab]`` gradient."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, divisor, ignore_index, chunk_size):  # type: ignore[override]
@@ -416,21 +421,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             chunk, target = hidden[start : start + chunk_size], targets[start : start + chunk_size]
             logits = chunk @ weight.t()
-            compute_dtype = logits.dtype
-            logits = logits.float()
             valid = target != ignore_index
             safe_target = torch.where(valid, target, 0).unsqueeze(1)
-            log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
-            total += ((log_norm - logits.gather(1, safe_target)).squeeze(1) * valid).sum()
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            total -= (log_probs.gather(1, safe_target).squeeze(1) * valid).sum()
             if grad_hidden is None and grad_weight is None:
                 continue
-            grad = logits.sub_(log_norm).exp_()
+            grad = log_probs.exp_()
             grad.scatter_add_(1, safe_target, torch.full_like(safe_target, -1, dtype=grad.dtype))
-            grad = (grad * (valid.unsqueeze(1) / divisor)).to(compute_dtype)
+            grad = grad.to(logits.dtype)
+            scale = (valid / divisor).unsqueeze(1).to(logits.dtype)
             if grad_hidden is not None:
-                grad_hidden[start : start + chunk_size] = grad @ weight
-            if grad_weight is not None:
-                grad_weight += (grad.t() @ chunk).float()
+                grad_hidden[start : start + chunk_size] = (grad @ weight).mul_(scale)
+            if grad_weight is not None and grad.dtype == torch.float32:
+                grad_weight.addmm_(grad.t(), chunk * scale)
+            elif grad_weight is not None:  # bf16 / fp16: the product in that dtype, accumulated in fp32
+                grad_weight += (grad.t() @ (chunk * scale)).float()
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if grad_weight is not None else None)
         return total / divisor
 
@@ -457,9 +463,14 @@ def linear_cross_entropy(
 ) -> torch.Tensor:
     """The causal-LM loss of ``hidden_states @ weightᵀ`` against ``labels`` shifted by one (transformers'
     ``ForCausalLMLoss``: mean over non-ignored targets, or their sum over ``num_items_in_batch``), computed
-    chunk by chunk without materialising the logits (see :class:`_LinearCrossEntropy`). Default chunk: ~8M
-    logits (32 MiB in fp32; 166 tokens for GPT-2's 50,257 classes)."""
-    chunk_size = chunk_size or max(32, 2**23 // weight.shape[0])
+    chunk by chunk without materialising the logits (see :class:`_LinearCrossEntropy`). Default chunks: equal
+    ones of at most :data:`LOGITS_PER_CHUNK` logits (2 chunks of 512 tokens for 8 x 128 tokens and GPT-2's
+    50,257 classes; smaller chunks make the ``∂weight`` accumulation, a read and write of the whole
+    ``[vocab, hidden]`` gradient per chunk, the bottleneck)."""
+    if chunk_size is None:
+        tokens = hidden_states.numel() // hidden_states.shape[-1]
+        chunks = max(1, math.ceil(tokens * weight.shape[0] / LOGITS_PER_CHUNK))
+        chunk_size = max(1, math.ceil(tokens / chunks))
     if shift_labels is None:
         shift_labels = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
     targets = shift_labels.reshape(-1).to(hidden_states.device)
