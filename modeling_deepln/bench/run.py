@@ -193,9 +193,10 @@ GENERATION_ROUNDS = 5
 
 COLD_COMPILE = "compile s, cold cache (first step - steady step)"
 WARM_COMPILE = "compile s, warm cache (the same after torch._dynamo.reset())"
-"""The compile-time rows: a first compile with empty on-disk caches (a fresh ``TORCHINDUCTOR_CACHE_DIR``), and
-the compile of a later process, which finds inductor's and AOTAutograd's cached graphs and kernels (dynamo still
-traces). Compiled contestants after the first share its block graph when their blocks are alike."""
+"""The compile-time rows: a first compile with nothing cached (``torch._dynamo.reset()`` and a fresh, empty
+``TORCHINDUCTOR_CACHE_DIR`` for each compiled contestant, so none reuses another's graphs or kernels), and the
+compile of a later process, which finds inductor's and AOTAutograd's cached graphs and kernels (dynamo still
+traces)."""
 
 
 def _throughput_rows(
@@ -212,11 +213,13 @@ def _throughput_rows(
     compiled = [c.name for c in contestants if "compile" in c.name]
     first: dict[str, float] = {}
     again: dict[str, float] = {}
-    with fresh_compile_cache() if compiled else nullcontext():
-        if compiled:  # the compiler's one-time start-up (imports, toolchain checks) is no contestant's compile time
-            torch.compile(torch.sin)(torch.zeros(8, device=device))
-        for name in compiled:  # the first step compiles, into an empty cache folder: a cold compile
+    if compiled:  # the compiler's one-time start-up (imports, toolchain, precompiled headers): no one's compile
+        torch.compile(torch.sin)(torch.zeros(8, device=device))
+    for name in compiled:  # a cold compile: no graph or kernel of another contestant, in memory or on disk
+        torch._dynamo.reset()
+        with fresh_compile_cache():
             first[name] = one_step_seconds(steps[name], device)
+    with fresh_compile_cache() if compiled else nullcontext():  # the warm-up round recompiles what reset dropped
         train = interleaved_median_seconds(steps, device, options.steps)
         if compiled:  # forget the compiled code, keep the on-disk caches: what every later run on the machine pays
             torch._dynamo.reset()

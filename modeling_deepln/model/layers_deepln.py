@@ -305,6 +305,17 @@ def call_eagerly(function: Callable[..., Any], *args: Any) -> Any:
     return function(*args)
 
 
+def _call(function: Callable[..., Any], *args: Any) -> Any:
+    return function(*args)
+
+
+def _final_norm(hidden_states: torch.Tensor, final_norm: nn.Module | None, scale: float) -> torch.Tensor:
+    """The stack's output: the final LayerNorm (Pre-LN schemes), then ``config.final_hidden_scale``."""
+    if final_norm is not None:
+        hidden_states = final_norm(hidden_states)
+    return hidden_states * scale if scale != 1.0 else hidden_states
+
+
 def run_blocks(
     layers: nn.ModuleList,
     final_norm: nn.Module | None,
@@ -331,10 +342,9 @@ def run_blocks(
     hidden_states, all_hidden_states, all_attentions = loop(
         layers, hidden_states, record, attention_mask=attention_mask, cache=cache, **kwargs
     )
-    if final_norm is not None:
-        hidden_states = final_norm(hidden_states)
-    if final_hidden_scale != 1.0:
-        hidden_states = hidden_states * final_hidden_scale
+    if final_norm is not None or final_hidden_scale != 1.0:  # eager without a cache: a graph less to compile
+        finish = call_eagerly if cache is None else _call
+        hidden_states = finish(_final_norm, hidden_states, final_norm, final_hidden_scale)
     if output_hidden_states:
         all_hidden_states += (hidden_states,)
     return (
