@@ -214,6 +214,13 @@ def test_fresh_compile_cache_points_inductor_at_an_empty_folder_and_restores(mon
     from modeling_deepln.bench.measure import fresh_compile_cache
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/some-user-cache")
+    kernel = torch.compile(lambda x: x.sin() + 1.0)
+    with fresh_compile_cache():
+        kernel(torch.zeros(8))
+    from torch._inductor.codecache import CppPythonBindingsCodeCache as kernels
+
+    assert kernels.cache  # the kernel just compiled is held in memory ...
     with fresh_compile_cache() as folder:
+        assert not kernels.cache  # ... and forgotten in the next block: a cold compile there compiles again
         assert cache_dir() == folder and os.listdir(folder) == []
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/tmp/some-user-cache" and not os.path.exists(folder)

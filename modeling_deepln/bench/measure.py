@@ -166,10 +166,15 @@ def fresh_compile_cache() -> Iterator[str]:
     """Inside the block, ``torch.compile`` writes and reads its on-disk caches (inductor's compiled kernels and
     graphs, AOTAutograd's) in a new, empty folder (``TORCHINDUCTOR_CACHE_DIR``), so a first compile there is what
     a machine that never compiled the model pays (a *cold* compile), whatever earlier runs left in the default
-    folder. The folder is removed afterwards."""
+    folder; inductor's in-memory caches of compiled code (what ``torch._inductor.utils.fresh_cache`` clears) are
+    emptied on entry, so no kernel compiled earlier in the process is reused either. The folder is removed
+    afterwards."""
     import shutil
     import tempfile
 
+    from torch._inductor import utils as inductor_utils
+
+    getattr(inductor_utils, "clear_caches", lambda: None)()  # torch >= 2.5: the registered in-memory code caches
     folder = tempfile.mkdtemp(prefix="deepln-bench-inductor-")
     previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
