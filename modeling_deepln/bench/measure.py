@@ -162,20 +162,14 @@ def one_step_seconds(step: Callable[[], None], device: torch.device) -> float:
 
 
 @contextmanager
-def fresh_compile_cache() -> Iterator[str]:
+def compile_cache_in(folder: str) -> Iterator[str]:
     """Inside the block, ``torch.compile`` writes and reads its on-disk caches (inductor's compiled kernels and
-    graphs, AOTAutograd's) in a new, empty folder (``TORCHINDUCTOR_CACHE_DIR``), so a first compile there is what
-    a machine that never compiled the model pays (a *cold* compile), whatever earlier runs left in the default
-    folder; inductor's in-memory caches of compiled code (what ``torch._inductor.utils.fresh_cache`` clears) are
-    emptied on entry, so no kernel compiled earlier in the process is reused either. The folder is removed
-    afterwards."""
-    import shutil
-    import tempfile
-
+    graphs, AOTAutograd's) in ``folder`` (``TORCHINDUCTOR_CACHE_DIR``), and inductor's in-memory caches of compiled
+    code (what ``torch._inductor.utils.fresh_cache`` clears) start empty, so nothing compiled earlier in the process
+    is reused: a compile there pays what a new process with that folder pays."""
     from torch._inductor import utils as inductor_utils
 
     getattr(inductor_utils, "clear_caches", lambda: None)()  # torch >= 2.5: the registered in-memory code caches
-    folder = tempfile.mkdtemp(prefix="deepln-bench-inductor-")
     previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
     try:
@@ -185,6 +179,20 @@ def fresh_compile_cache() -> Iterator[str]:
             os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
         else:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+
+
+@contextmanager
+def fresh_compile_cache() -> Iterator[str]:
+    """:func:`compile_cache_in` a new, empty folder, removed afterwards: a first compile there is what a machine
+    that never compiled the model pays (a *cold* compile), whatever earlier runs left in the default folder."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="deepln-bench-inductor-")
+    try:
+        with compile_cache_in(folder):
+            yield folder
+    finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -20,8 +20,9 @@ and its ratio to the peer it names (``Row.peer``: ``GPT2LMHeadModel``, ``BertFor
 from __future__ import annotations
 
 import gc
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
+from tempfile import TemporaryDirectory
 from typing import Any, Callable
 
 import torch
@@ -30,6 +31,7 @@ from ..presets import load_preset
 from .measure import (
     decode_bytes_per_token,
     forward_flops_per_token,
+    compile_cache_in,
     fresh_compile_cache,
     generation_step,
     inference_step,
@@ -193,10 +195,24 @@ GENERATION_ROUNDS = 5
 
 COLD_COMPILE = "compile s, cold cache (first step - steady step)"
 WARM_COMPILE = "compile s, warm cache (the same after torch._dynamo.reset())"
-"""The compile-time rows: a first compile with nothing cached (``torch._dynamo.reset()`` and a fresh, empty
-``TORCHINDUCTOR_CACHE_DIR`` for each compiled contestant, so none reuses another's graphs or kernels), and the
-compile of a later process, which finds inductor's and AOTAutograd's cached graphs and kernels (dynamo still
-traces)."""
+"""The compile-time rows (:func:`_compile_seconds`): each compiled contestant has a cache folder of its own, empty
+at first; its first step compiles with nothing cached (a cold compile: no graph or kernel of another contestant,
+on disk or in memory), a step after ``torch._dynamo.reset()`` with its folder filled by the first is what a later
+process pays (a warm compile: inductor's and AOTAutograd's cached graphs and kernels; dynamo still traces)."""
+
+
+def _compile_seconds(
+    steps: dict[str, Callable[[], None]], cache: dict[str, str], device: torch.device
+) -> dict[str, float]:
+    """One step of each compiled contestant after ``torch._dynamo.reset()``, with its own cache folder and
+    inductor's in-memory caches emptied (:func:`compile_cache_in`): that step compiles, cold or warm as the folder
+    is."""
+    seconds = {}
+    for name, folder in cache.items():
+        torch._dynamo.reset()
+        with compile_cache_in(folder):
+            seconds[name] = one_step_seconds(steps[name], device)
+    return seconds
 
 
 def _throughput_rows(
@@ -211,19 +227,14 @@ def _throughput_rows(
     device, dtype = options.torch_device, options.torch_dtype
     steps = {c.name: train_step(models[c.name], batch, device, dtype) for c in contestants}
     compiled = [c.name for c in contestants if "compile" in c.name]
-    first: dict[str, float] = {}
-    again: dict[str, float] = {}
-    if compiled:  # the compiler's one-time start-up (imports, toolchain, precompiled headers): no one's compile
-        torch.compile(torch.sin)(torch.zeros(8, device=device))
-    for name in compiled:  # a cold compile: no graph or kernel of another contestant, in memory or on disk
-        torch._dynamo.reset()
-        with fresh_compile_cache():
-            first[name] = one_step_seconds(steps[name], device)
-    with fresh_compile_cache() if compiled else nullcontext():  # the warm-up round recompiles what reset dropped
-        train = interleaved_median_seconds(steps, device, options.steps)
-        if compiled:  # forget the compiled code, keep the on-disk caches: what every later run on the machine pays
-            torch._dynamo.reset()
-            again = {name: one_step_seconds(steps[name], device) for name in compiled}
+    with ExitStack() as folders:  # each compiled contestant's own cache folder: its cold, then its warm compile
+        cache = {name: folders.enter_context(TemporaryDirectory(prefix="deepln-bench-inductor-")) for name in compiled}
+        if compiled:  # the compiler's one-time start-up (imports, toolchain, precompiled headers): no one's compile
+            torch.compile(torch.sin)(torch.zeros(8, device=device))
+        first = _compile_seconds(steps, cache, device)  # cold: no graph or kernel of another contestant
+        with fresh_compile_cache() if compiled else nullcontext():  # the warm-up round recompiles what reset dropped
+            train = interleaved_median_seconds(steps, device, options.steps)
+        again = _compile_seconds(steps, cache, device)  # warm: what a later process on the machine pays
     del steps
     inferring = [c for c in contestants if c.work != SHORTCUTS]  # a shortcut changes the training loss only
     infer = interleaved_median_seconds(
