@@ -224,3 +224,26 @@ def test_fresh_compile_cache_points_inductor_at_an_empty_folder_and_restores(mon
         assert not kernels.cache  # ... and forgotten in the next block: a cold compile there compiles again
         assert cache_dir() == folder and os.listdir(folder) == []
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/tmp/some-user-cache" and not os.path.exists(folder)
+
+
+def test_compile_seconds_runs_one_eager_step_before_a_first_compile(tmp_path):
+    """A cold-compile measurement first runs the step eagerly (a first step's allocations are no compile time),
+    then compiles it once, in the contestant's own cache folder."""
+    import os
+
+    import torch._dynamo.utils as dynamo_utils
+
+    from modeling_deepln.bench.run import _compile_seconds
+
+    function = torch.compile(lambda x: x * 2.0 + 1.0, backend="eager")
+    calls = []
+
+    def step():
+        calls.append(os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
+        function(torch.ones(4))
+
+    torch._dynamo.reset()
+    dynamo_utils.counters.clear()
+    seconds = _compile_seconds({"m": step}, {"m": str(tmp_path)}, torch.device("cpu"), first=True)
+    assert len(calls) == 2 and calls[1] == str(tmp_path) and seconds["m"] > 0
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == 1  # the eager step compiled nothing

@@ -202,13 +202,18 @@ process pays (a warm compile: inductor's and AOTAutograd's cached graphs and ker
 
 
 def _compile_seconds(
-    steps: dict[str, Callable[[], None]], cache: dict[str, str], device: torch.device
+    steps: dict[str, Callable[[], None]], cache: dict[str, str], device: torch.device, first: bool = False
 ) -> dict[str, float]:
     """One step of each compiled contestant after ``torch._dynamo.reset()``, with its own cache folder and
     inductor's in-memory caches emptied (:func:`compile_cache_in`): that step compiles, cold or warm as the folder
-    is."""
+    is. A ``first`` step is preceded by an untimed eager one (``torch.compiler.set_stance("force_eager")``): a
+    model's first step is slow without any compiler (a bert-1k step: 13.1 s, then 6.3 s: its activations,
+    gradients and optimizer state are allocated and page-faulted in), and that is no compile time."""
     seconds = {}
     for name, folder in cache.items():
+        if first:
+            with torch.compiler.set_stance("force_eager"):
+                steps[name]()
         torch._dynamo.reset()
         with compile_cache_in(folder):
             seconds[name] = one_step_seconds(steps[name], device)
@@ -231,7 +236,7 @@ def _throughput_rows(
         cache = {name: folders.enter_context(TemporaryDirectory(prefix="deepln-bench-inductor-")) for name in compiled}
         if compiled:  # the compiler's one-time start-up (imports, toolchain, precompiled headers): no one's compile
             torch.compile(torch.sin)(torch.zeros(8, device=device))
-        first = _compile_seconds(steps, cache, device)  # cold: no graph or kernel of another contestant
+        first = _compile_seconds(steps, cache, device, first=True)  # cold: nothing of another contestant
         with fresh_compile_cache() if compiled else nullcontext():  # the warm-up round recompiles what reset dropped
             train = interleaved_median_seconds(steps, device, options.steps)
         again = _compile_seconds(steps, cache, device)  # warm: what a later process on the machine pays
