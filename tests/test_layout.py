@@ -12,7 +12,7 @@ import pytest
 import modeling_deepln
 
 PACKAGE = Path(modeling_deepln.__file__).resolve().parent
-MODEL_FILES = {"configuration_deepln.py", "residual_deepln.py", "init_deepln.py", "layers_deepln.py", "decode_deepln.py",
+MODEL_FILES = {"configuration_deepln.py", "residual_deepln.py", "init_deepln.py", "layers_deepln.py", "decode_deepln.py", "loss_deepln.py",
                "modeling_deepln_bert.py", "modeling_deepln_gpt.py"}  # fmt: skip
 
 

@@ -119,7 +119,7 @@ def test_dry_run_is_exactly_the_allow_list(gpt_folder, gpt_dry):
     assert (gpt_folder / "training_args.bin").is_file() and list(gpt_folder.glob("checkpoint-*/optimizer.pt"))
     assert (gpt_folder / "prepared").is_dir() and list(gpt_folder.glob("runs/**/events.out.tfevents*"))
     expected = {"model.safetensors", "config.json", "configuration_deepln.py", "init_deepln.py", "layers_deepln.py",
-                "decode_deepln.py", "residual_deepln.py", "modeling_deepln_gpt.py", "tokenizer.json", "tokenizer_config.json",
+                "decode_deepln.py", "loss_deepln.py", "residual_deepln.py", "modeling_deepln_gpt.py", "tokenizer.json", "tokenizer_config.json",
                 "generation_config.json", "eval_results.json", "loss.png", "README.md"}  # fmt: skip
     assert _files(gpt_dry) == expected
     for name in expected - {"README.md"}:  # copied byte for byte

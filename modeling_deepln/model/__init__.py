@@ -9,6 +9,7 @@ copied; it only re-exports.
 - ``init_deepln.py``: the normal-init draws of ``initialize_weights``, filled on all CPU threads at once.
 - ``layers_deepln.py``: attention, MLP, the ``DeepLNBlock`` both families use, ``DeepLNPreTrainedModel`` (init).
 - ``decode_deepln.py``: products of a few rows (decode steps) on a CPU as ``W·xᵀ`` split across the threads.
+- ``loss_deepln.py``: the fused LM loss (``fused_lm_loss``): LM head + cross-entropy in chunks, no logits.
 - ``modeling_deepln_bert.py`` / ``modeling_deepln_gpt.py``: the BERT and GPT models and their heads.
 """
 

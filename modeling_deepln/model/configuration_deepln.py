@@ -325,7 +325,7 @@ class DeepLNGPTConfig(_DeepLNConfig):
 
     ``fused_lm_loss``: in a training forward (``model.train()``, gradients on) with ``labels``, compute the LM head
     and the cross-entropy together, chunk by chunk, without the ``[tokens, vocab]`` logits
-    (``layers_deepln.linear_cross_entropy``, Liger-Kernel's fused linear cross-entropy): the same loss and
+    (``loss_deepln.linear_cross_entropy``, Liger-Kernel's fused linear cross-entropy): the same loss and
     gradients, less memory and time, and ``outputs.logits`` is ``None``, as under transformers'
     ``use_liger_kernel``. Evaluation, generation and ``model.eval()`` forwards return logits. Default ``False``
     (code that reads training logits, e.g. a token-accuracy metric, keeps working); ``deepln pretrain`` turns it

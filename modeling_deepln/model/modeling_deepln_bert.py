@@ -29,6 +29,7 @@ from .layers_deepln import (
     call_eagerly,
     check_input_ids,
     check_sequence_length,
+    not_traced,
     pop_loss_kwargs,
     position_embeddings,
     run_blocks,
@@ -114,6 +115,7 @@ class DeepLNBertModel(DeepLNBertPreTrainedModel):
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         return hidden_states, create_bidirectional_mask(self.config, hidden_states, attention_mask)
 
+    @not_traced
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -218,6 +220,7 @@ class DeepLNBertForMaskedLM(DeepLNBertPreTrainedModel):
         masked_logits = self.lm_head(hidden_states[masked])
         return self.loss_function(masked_logits, labels[masked], vocab_size=self.config.vocab_size, **loss_kwargs)
 
+    @not_traced
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -280,6 +283,7 @@ class DeepLNBertForSequenceClassification(DeepLNBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @not_traced
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

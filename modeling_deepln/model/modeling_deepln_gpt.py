@@ -35,11 +35,12 @@ from .layers_deepln import (
     check_input_ids,
     check_sequence_length,
     keep_last_positions,
-    linear_cross_entropy,
+    not_traced,
     pop_loss_kwargs,
     position_embeddings,
     run_blocks,
 )
+from .loss_deepln import linear_cross_entropy
 
 logger = logging.get_logger(__name__)
 
@@ -91,6 +92,7 @@ class DeepLNGPTModel(DeepLNGPTPreTrainedModel):
         mask = create_causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids)
         return hidden_states, mask, position_ids
 
+    @not_traced
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -161,7 +163,7 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
     ``labels`` are shifted inside the model, as in GPT-2.
 
     ``config.fused_lm_loss`` (off by default, saved with the config): when on, a training forward with labels
-    computes the LM head and the cross-entropy together in chunks (:func:`layers_deepln.linear_cross_entropy`) and
+    computes the LM head and the cross-entropy together in chunks (:func:`loss_deepln.linear_cross_entropy`) and
     returns ``logits=None``, as transformers does under Liger's ``use_liger_kernel``. ``deepln pretrain`` turns it
     on; code that reads ``outputs.logits`` while training (e.g. TRL's token accuracy) keeps the default.
 
@@ -193,6 +195,7 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings
 
+    @not_traced
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -270,6 +273,7 @@ class DeepLNGPTForSequenceClassification(DeepLNGPTPreTrainedModel):
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
         self.post_init()
 
+    @not_traced
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
