@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch._dynamo.decorators import skip as skip_frame_only
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -273,7 +272,11 @@ def not_traced(forward: Callable[..., Any]) -> Callable[..., Any]:
     1.6 s with this). Only the code object is marked (dynamo's ``skip``, what ``torch.compiler.disable(...,
     recursive=False)`` does without its wrapper, which raises under ``torch.export``): the function is returned
     unchanged, so it costs nothing eagerly and ``torch.export``, which runs it as Python, exports the whole model."""
-    return skip_frame_only(forward)
+    try:
+        from torch._dynamo.decorators import skip
+    except ImportError:  # a torch without it: the same skip, with the wrapper
+        return torch.compiler.disable(forward, recursive=False)
+    return skip(forward)
 
 
 def _block_loop(
@@ -357,7 +360,8 @@ def run_blocks(
 
     Under ``torch.compile(model)`` (and so ``TrainingArguments(torch_compile=True)``) a run without a KV cache
     compiles one block and reuses it for all layers (see :func:`_block_loop_compiled_per_block`); with a cache
-    (generation) the whole step is traced, which ``generate``'s static-cache compilation needs.
+    (generation) the whole layer loop is traced as one graph, which ``generate``'s static-cache compilation
+    needs. ``torch.compile`` traces neither this function nor the models' ``forward`` s (:func:`not_traced`).
     """
     record = (output_hidden_states, output_attentions)
     loop = _block_loop if cache is not None or torch.compiler.is_exporting() else _block_loop_compiled_per_block
