@@ -134,7 +134,7 @@ class DeepLNGPTModel(DeepLNGPTPreTrainedModel):
         inputs = (input_ids, inputs_embeds, attention_mask, position_ids, cache)
         if cache is None:  # training, scoring: the embeddings stay out of torch.compile's graphs
             hidden_states, mask, position_ids = call_eagerly(self._embed, *inputs)
-        else:  # generation: generate's static-cache compile traces the whole step
+        else:  # generation: a compiled decode step (static cache) traces the embeddings too
             hidden_states, mask, position_ids = self._embed(*inputs)
         hidden_states, all_hidden_states, all_attentions = run_blocks(
             self.layers,
