@@ -29,9 +29,9 @@ import torch
 
 from ..presets import load_preset
 from .measure import (
+    compile_cache_in,
     decode_bytes_per_token,
     forward_flops_per_token,
-    compile_cache_in,
     fresh_compile_cache,
     generation_step,
     inference_step,

@@ -329,10 +329,6 @@ def _call_outside_compile(function: Callable[..., Any], *args: Any) -> Any:
     return function(*args)
 
 
-def _call(function: Callable[..., Any], *args: Any) -> Any:
-    return function(*args)
-
-
 def _final_norm(hidden_states: torch.Tensor, final_norm: nn.Module | None, scale: float) -> torch.Tensor:
     """The stack's output: the final LayerNorm (Pre-LN schemes), then ``config.final_hidden_scale``."""
     if final_norm is not None:
@@ -369,8 +365,8 @@ def run_blocks(
         layers, hidden_states, record, attention_mask=attention_mask, cache=cache, **kwargs
     )
     if final_norm is not None or final_hidden_scale != 1.0:  # eager without a cache: a graph less to compile
-        finish = call_eagerly if cache is None else _call
-        hidden_states = finish(_final_norm, hidden_states, final_norm, final_hidden_scale)
+        finishing = (_final_norm, hidden_states, final_norm, final_hidden_scale)
+        hidden_states = call_eagerly(*finishing) if cache is None else _final_norm(*finishing[1:])
     if output_hidden_states:
         all_hidden_states += (hidden_states,)
     return (
