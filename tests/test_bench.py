@@ -247,3 +247,19 @@ def test_compile_seconds_runs_one_eager_step_before_a_first_compile(tmp_path):
     seconds = _compile_seconds({"m": step}, {"m": str(tmp_path)}, torch.device("cpu"), first=True)
     assert len(calls) == 2 and calls[1] == str(tmp_path) and seconds["m"] > 0
     assert dynamo_utils.counters["stats"]["unique_graphs"] == 1  # the eager step compiled nothing
+
+
+def test_every_contestant_trains_with_the_optimizer_trainer_builds(tmp_path):
+    """The bench's AdamW is the one ``Trainer`` builds by default (and ``deepln pretrain`` runs): torch's fused
+    kernel, not torch's per-tensor CPU default, with the same parameter tensors."""
+    from transformers import Trainer, TrainingArguments
+
+    from modeling_deepln.bench.measure import training_optimizer
+
+    model = DeepLNGPTForCausalLM(tiny_gpt_config())
+    trainer_optimizer = Trainer(model=model, args=TrainingArguments(tmp_path, report_to=[])).create_optimizer()
+    bench_optimizer = training_optimizer(model)
+    assert type(bench_optimizer) is type(trainer_optimizer) is torch.optim.AdamW
+    assert bench_optimizer.defaults["fused"] is trainer_optimizer.defaults["fused"] is True
+    trainer_params = {id(p) for group in trainer_optimizer.param_groups for p in group["params"]}
+    assert {id(p) for group in bench_optimizer.param_groups for p in group["params"]} == trainer_params

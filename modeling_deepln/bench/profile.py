@@ -94,10 +94,10 @@ def profile_by_class(
     little, so that row is a lower bound)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from .measure import autocast, one_step_seconds, synchronize
+    from .measure import autocast, one_step_seconds, synchronize, training_optimizer
 
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, **({"fused": True} if device.type == "cuda" else {}))
+    optimizer = training_optimizer(model)
 
     def step() -> None:
         with autocast(device, dtype):
