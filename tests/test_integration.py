@@ -483,6 +483,25 @@ def test_saved_folder_is_self_contained(tmp_path):
 # --------------------------------------------------------------------------------------------------------------
 # 2. Pipelines with trained tokenizers
 # --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model_class, make_config", [(DeepLNGPTForCausalLM, gpt_config),
+                                                       (DeepLNBertForMaskedLM, bert_config)])
+def test_disk_offloaded_model_equals_the_loaded_one(tmp_path, model_class, make_config):
+    """``from_pretrained(device_map="auto")`` with too little memory offloads the weights to disk (Accelerate's
+    hooks move each module's arguments to its device and load its weights in its forward; on a GPU machine the
+    same hooks offload to CPU RAM): the logits equal the model's in memory. The blocks once passed their attention
+    and MLP modules as arguments, and the hook tried to move the offloaded module itself."""
+    pytest.importorskip("accelerate")
+    model = build(model_class, make_config("deepnorm"), seed=8).eval()
+    model.save_pretrained(tmp_path / "model")
+    offloaded = model_class.from_pretrained(
+        tmp_path / "model", device_map="auto", max_memory={"cpu": "60KB"}, offload_folder=tmp_path / "offload"
+    )
+    assert "disk" in set(offloaded.hf_device_map.values())
+    inputs = _inputs_for("gpt" if model_class is DeepLNGPTForCausalLM else "bert")
+    with torch.no_grad():
+        torch.testing.assert_close(offloaded(**inputs).logits, model(**inputs).logits, atol=0, rtol=0)
+
+
 @pytest.fixture(scope="module")
 def tokenizer_training():
     return pytest.importorskip("modeling_deepln.training.tokenization")
@@ -688,6 +707,28 @@ def test_lora_train_save_reload(tmp_path, task):
     assert type(merged) is model_class
     with torch.no_grad():
         torch.testing.assert_close(merged(**inputs).logits, trained_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_lm_loss_goes_through_a_lora_lm_head():
+    """``fused_lm_loss`` (on in every ``deepln pretrain`` checkpoint) with LoRA on ``lm_head``: the training loss and
+    the LoRA gradients equal the plain path's, so the wrapped head is not bypassed (it once read the base weight
+    directly: the LoRA head got no gradient and the loss was the base model's)."""
+    peft = _peft()
+    inputs, labels = _peft_batch("causal_lm")
+    results = {}
+    for fused in (False, True):
+        base = build(DeepLNGPTForCausalLM, gpt_config(tie_word_embeddings=False), seed=4)
+        base.fused_lm_loss = fused
+        lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"], init_lora_weights=False)
+        model = peft.get_peft_model(base, lora).train()
+        loss = model(**inputs, labels=labels).loss
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        assert any("lm_head" in n for n in grads) and all(g is not None for g in grads.values())
+        results[fused] = loss.detach(), grads
+    torch.testing.assert_close(results[True][0], results[False][0], atol=0, rtol=0)
+    for name, grad in results[False][1].items():
+        torch.testing.assert_close(results[True][1][name], grad, atol=0, rtol=0)
 
 
 def test_generate_after_lora_training_and_merge_reads_the_merged_weights():

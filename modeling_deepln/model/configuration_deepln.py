@@ -327,7 +327,9 @@ class DeepLNGPTConfig(_DeepLNConfig):
     and the cross-entropy together, chunk by chunk, without the ``[tokens, vocab]`` logits
     (``loss_deepln.linear_cross_entropy``, Liger-Kernel's fused linear cross-entropy): the same loss and
     gradients, less memory and time, and ``outputs.logits`` is ``None``, as under transformers'
-    ``use_liger_kernel``. Evaluation, generation and ``model.eval()`` forwards return logits. Default ``False``
+    ``use_liger_kernel``. Evaluation, generation and ``model.eval()`` forwards return logits, and so does a head
+    that is wrapped or hooked (LoRA on ``lm_head``, Accelerate's device hooks: the fused loss would bypass them).
+    Default ``False``
     (code that reads training logits, e.g. a token-accuracy metric, keeps working); ``deepln pretrain`` turns it
     on. ``fuse_qkv`` as in :class:`DeepLNBertConfig`.
 

@@ -246,10 +246,13 @@ class DeepLNBlock(GradientCheckpointingLayer):
         cache: Any | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # The sublayers go in as their bound ``__call__`` (hooks included), not as modules: a hook that moves a
+        # module's arguments to its device (Accelerate's offloading, ``device_map`` with "cpu"/"disk") calls
+        # ``.to()`` on every argument that has one, and would try to move the offloaded sublayer itself.
         hidden_states, attention_weights = self.attention_residual(
-            hidden_states, self.attention, attention_mask=attention_mask, cache=cache, **kwargs
+            hidden_states, self.attention.__call__, attention_mask=attention_mask, cache=cache, **kwargs
         )
-        hidden_states, _ = self.mlp_residual(hidden_states, self.mlp)
+        hidden_states, _ = self.mlp_residual(hidden_states, self.mlp.__call__)
         return hidden_states, attention_weights
 
 

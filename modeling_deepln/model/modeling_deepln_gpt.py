@@ -25,7 +25,7 @@ from transformers.modeling_outputs import (
 from transformers.utils import logging
 
 from .configuration_deepln import DeepLNGPTConfig
-from .decode_deepln import run_linear
+from .decode_deepln import is_plain_linear, run_linear
 from .layers_deepln import (
     CACHE_FIELD,
     DeepLNPreTrainedModel,
@@ -239,10 +239,11 @@ class DeepLNGPTForCausalLM(DeepLNGPTPreTrainedModel, GenerationMixin):
         if self.lm_head_transform is not None:
             hidden_states = self.lm_head_transform(hidden_states)
         logits = loss = None
-        fused = self.fused_lm_loss and self.training and torch.is_grad_enabled() and self.lm_head.bias is None
-        if labels is not None and fused:
+        fused = self.fused_lm_loss and self.training and torch.is_grad_enabled() and is_plain_linear(self.lm_head)
+        if labels is not None and fused and self.lm_head.bias is None:
             # Training: the fused LM head + cross-entropy, no [tokens, vocab] logits (Liger's rule: no logits
-            # returned when training with labels).
+            # returned when training with labels). It reads the head's weight itself, so a wrapped or hooked
+            # head (LoRA on ``lm_head``, Accelerate's device hooks) takes the plain path, which calls the module.
             loss = linear_cross_entropy(hidden_states, self.lm_head.weight, labels, **loss_kwargs)
         else:
             logits = run_linear(self.lm_head, hidden_states, self.config.threaded_matvec)
