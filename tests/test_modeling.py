@@ -719,9 +719,7 @@ def test_gradient_checkpointing_gives_identical_loss_and_grads(cls, make):
 # --------------------------------------------------------------------------------------------------------------
 # Bad input: clear errors, raised early
 # --------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "fields,message",
-    [
+BAD_CONFIG_FIELDS = [
         ({"residual_norm": "deep_norm"}, "Unknown residual_norm 'deep_norm'.*'deepnorm'"),
         ({"hidden_size": 30, "num_attention_heads": 4}, "must be divisible by num_attention_heads"),
         ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive integer"),
@@ -732,12 +730,41 @@ def test_gradient_checkpointing_gives_identical_loss_and_grads(cls, make):
         ({"position_embedding_init": "rotary"}, "position_embedding_init must be one of"),
         ({"hidden_act": "swishy"}, "not a transformers activation"),
         ({"residual_nrom": "pre_ln"}, "unknown field 'residual_nrom'; did you mean 'residual_norm'"),
-    ],
-)
+        ({"post_norm_form": "alpha_plus_ln", "residual_norm": "pre_ln"}, "applies to the Post-LN family"),
+]
+
+
+@pytest.mark.parametrize("fields,message", BAD_CONFIG_FIELDS)
 def test_bad_config_values_raise_clear_errors(fields, message):
     for make in (tiny_gpt, tiny_bert):
         with pytest.raises(ValueError, match=message):
             make(**fields)
+
+
+@pytest.mark.parametrize("fields,message", BAD_CONFIG_FIELDS)
+def test_bad_overrides_through_from_pretrained_raise_the_same_errors(tmp_path, fields, message):
+    """``from_pretrained(folder, **overrides)``: transformers sets overrides on the built config, past
+    ``__init__``'s checks; deepln's config validates them like a new config's fields."""
+    for make, model_class in ((tiny_gpt, DeepLNGPTForCausalLM), (tiny_bert, DeepLNBertForMaskedLM)):
+        folder = tmp_path / model_class.__name__
+        model_class(make(num_hidden_layers=1)).save_pretrained(folder)
+        with pytest.raises(ValueError, match=message):
+            type(make()).from_pretrained(folder, **fields)
+        with pytest.raises(ValueError, match=message):
+            model_class.from_pretrained(folder, **fields)
+
+
+def test_a_new_scheme_through_from_pretrained_brings_its_own_defaults(tmp_path):
+    """The scheme's derived fields are saved explicitly; overriding ``residual_norm`` at load gives the new
+    scheme's defaults, as a new config with that scheme has (unless they are overridden too)."""
+    for make in (tiny_gpt, tiny_bert):
+        make(residual_norm="pre_ln").save_pretrained(tmp_path)
+        for scheme in SCHEMES:
+            loaded = type(make()).from_pretrained(tmp_path, residual_norm=scheme)
+            fresh = make(residual_norm=scheme)
+            assert (loaded.post_norm_form, loaded.final_layer_norm) == (fresh.post_norm_form, fresh.final_layer_norm)
+        kept = type(make()).from_pretrained(tmp_path, residual_norm="post_ln", final_layer_norm=True)
+        assert kept.final_layer_norm is True
 
 
 def test_bad_forward_inputs_raise_clear_errors():

@@ -90,6 +90,23 @@ class _DeepLNConfig(PretrainedConfig):
         super().__init__(**kwargs)
         self.validate_deepln()
 
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        """``from_pretrained(folder, residual_norm=..., num_attention_heads=...)``: transformers sets such keyword
+        overrides on the finished config with ``setattr``, past the checks of ``__init__``. deepln's own fields go
+        into the constructor instead (and so do near-misses of their names), so an override is validated like a
+        new config: a bad value or a typo raises there, not in the middle of a forward or never. A new ``residual_norm`` also brings that scheme's ``post_norm_form`` and
+        ``final_layer_norm`` (saved explicitly, so they would otherwise stay the old scheme's), unless those are
+        overridden too."""
+        own = {**_COMMON_DEFAULTS, **cls._family_defaults}
+        misspelt = [key for key in kwargs if key not in own and difflib.get_close_matches(key, own, 1, 0.85)]
+        overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in own or key in misspelt}
+        scheme = RESIDUAL_SCHEMES.get(overrides.get("residual_norm"))
+        if scheme is not None and overrides["residual_norm"] != config_dict.get("residual_norm"):
+            overrides.setdefault("post_norm_form", scheme.default_post_norm_form)
+            overrides.setdefault("final_layer_norm", scheme.final_norm)
+        return super().from_dict({**config_dict, **overrides}, **kwargs)
+
     # ------------------------------------------------------------------------------------------------------
     @property
     def residual_scheme(self):
@@ -220,7 +237,8 @@ class DeepLNBertConfig(_DeepLNConfig):
     Args:
         vocab_size: number of token ids (30,522 for the original uncased WordPiece).
         hidden_size, num_hidden_layers, num_attention_heads: the model's width, depth and head count.
-        intermediate_size: FFN inner size; ``None`` means ``4 * hidden_size``.
+        intermediate_size: FFN inner size; default 3,072 (``BertConfig``'s, whatever the width); ``None`` means
+            ``4 * hidden_size``.
         max_position_embeddings: longest sequence the model accepts.
         type_vocab_size: number of segment (token type) ids.
         hidden_act: FFN activation, a key of ``transformers.activations.ACT2FN``.
