@@ -779,6 +779,8 @@ def test_bad_forward_inputs_raise_clear_errors():
             model(torch.randint(3, 97, (1, 65)))
         with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
             model()
+        with pytest.raises(ValueError, match=r"position_ids contains 64, outside \[0, 64\)"):
+            model(torch.tensor([[5, 6]]), position_ids=torch.tensor([[0, 64]]))
     with pytest.raises(ValueError, match=r"token_type_ids contains 2, outside \[0, 2\)"):
         bert(torch.tensor([[5, 6]]), token_type_ids=torch.tensor([[0, 2]]))
     cache_out = gpt(torch.randint(3, 97, (1, 60)), use_cache=True)

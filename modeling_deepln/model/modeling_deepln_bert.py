@@ -112,6 +112,7 @@ class DeepLNBertModel(DeepLNBertPreTrainedModel):
         """The blocks' inputs: the embeddings (after checking the ids) and the attention mask."""
         check_input_ids(input_ids, self.config)
         check_input_ids(token_type_ids, self.config, vocab_size=self.config.type_vocab_size, name="token_type_ids")
+        check_input_ids(position_ids, self.config, self.config.max_position_embeddings, name="position_ids")
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         return hidden_states, create_bidirectional_mask(self.config, hidden_states, attention_mask)
 

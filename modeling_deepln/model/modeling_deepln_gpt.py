@@ -88,6 +88,8 @@ class DeepLNGPTModel(DeepLNGPTPreTrainedModel):
         check_sequence_length(past_length + length, self.config)
         if position_ids is None:
             position_ids = torch.arange(past_length, past_length + length, device=inputs_embeds.device).unsqueeze(0)
+        else:
+            check_input_ids(position_ids, self.config, self.config.max_position_embeddings, name="position_ids")
         hidden_states = self.dropout(inputs_embeds + self.position_embeddings(position_ids))
         mask = create_causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids)
         return hidden_states, mask, position_ids
