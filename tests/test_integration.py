@@ -502,6 +502,23 @@ def test_disk_offloaded_model_equals_the_loaded_one(tmp_path, model_class, make_
         torch.testing.assert_close(offloaded(**inputs).logits, model(**inputs).logits, atol=0, rtol=0)
 
 
+def test_executorch_static_cache_export_equals_the_plain_forward():
+    """transformers' ExecuTorch recipe (``TorchExportableModuleForDecoderOnlyLM``, ``torch.export`` with a static
+    cache, non-strict): the exported program fed one token at a time gives the plain forward's logits. The
+    positions once started at the static cache's length, a tensor: an ``arange`` of data-dependent size."""
+    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
+
+    model = build(DeepLNGPTForCausalLM, gpt_config("foundation_ln"), seed=3).eval()
+    model.generation_config.cache_implementation = "static"
+    ids = torch.tensor([[5, 17, 42, 8]])
+    exportable = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=16)
+    exported = exportable.export(input_ids=ids[:, :1], cache_position=torch.tensor([0]), strict=False).module()
+    with torch.no_grad():
+        want = model(ids).logits
+    got = torch.cat([exported(input_ids=ids[:, i : i + 1], cache_position=torch.tensor([i])) for i in range(4)], 1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def tokenizer_training():
     return pytest.importorskip("modeling_deepln.training.tokenization")

@@ -411,14 +411,23 @@ def check_input_ids(
         )
 
 
-def check_sequence_length(length: int, config: _DeepLNConfig) -> None:
-    """Raise ``ValueError`` when positions would run past ``max_position_embeddings``."""
+def check_sequence_length(length: int | torch.Tensor, config: _DeepLNConfig) -> None:
+    """Raise ``ValueError`` when positions would run past ``max_position_embeddings``. ``length`` is a tensor with
+    a static cache (its filled length); that one is checked like the token ids: on the CPU in eager mode it
+    raises, elsewhere ``torch._assert_async`` fails later with the same message (no host synchronisation, and
+    nothing data-dependent for ``torch.export`` or ``torch.compile``)."""
+    message = (
+        f"Sequence length {{}} (including cached tokens) exceeds max_position_embeddings="
+        f"{config.max_position_embeddings}. Truncate the input (tokenizer(..., truncation=True, "
+        f"max_length={config.max_position_embeddings})) or use a model with more positions."
+    )
+    if isinstance(length, torch.Tensor):
+        if length.device.type != "cpu" or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            torch._assert_async(length <= config.max_position_embeddings, message.format("(a tensor)"))
+            return
+        length = int(length)
     if length > config.max_position_embeddings:
-        raise ValueError(
-            f"Sequence length {length} (including cached tokens) exceeds max_position_embeddings="
-            f"{config.max_position_embeddings}. Truncate the input (tokenizer(..., truncation=True, "
-            f"max_length={config.max_position_embeddings})) or use a model with more positions."
-        )
+        raise ValueError(message.format(length))
 
 
 LOSS_KWARGS = ("num_items_in_batch", "ignore_index", "shift_labels")

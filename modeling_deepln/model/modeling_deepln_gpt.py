@@ -87,7 +87,9 @@ class DeepLNGPTModel(DeepLNGPTPreTrainedModel):
         length = inputs_embeds.shape[1]
         check_sequence_length(past_length + length, self.config)
         if position_ids is None:
-            position_ids = torch.arange(past_length, past_length + length, device=inputs_embeds.device).unsqueeze(0)
+            # arange(length) + past_length, as GPT-2: a static cache's length is a tensor, and an arange that
+            # starts at a tensor has a data-dependent size (torch.export fails on it)
+            position_ids = (torch.arange(length, device=inputs_embeds.device) + past_length).unsqueeze(0)
         else:
             check_input_ids(position_ids, self.config, self.config.max_position_embeddings, name="position_ids")
         hidden_states = self.dropout(inputs_embeds + self.position_embeddings(position_ids))
