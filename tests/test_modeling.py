@@ -779,6 +779,12 @@ def test_bad_forward_inputs_raise_clear_errors():
             model(torch.randint(3, 97, (1, 65)))
         with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
             model()
+        with pytest.raises(ValueError, match=r"input_ids must be \[batch, seq\], got shape \(3,\).*unsqueeze\(0\)"):
+            model(torch.tensor([5, 6, 7]))
+        with pytest.raises(ValueError, match=r"inputs_embeds must be \[batch, seq, hidden\]"):
+            model(inputs_embeds=torch.zeros(3, 32))
+        with pytest.raises(ValueError, match="input_ids has no positions"):
+            model(torch.zeros(1, 0, dtype=torch.long))
         with pytest.raises(ValueError, match=r"position_ids contains 64, outside \[0, 64\)"):
             model(torch.tensor([[5, 6]]), position_ids=torch.tensor([[0, 64]]))
     with pytest.raises(ValueError, match=r"token_type_ids contains 2, outside \[0, 2\)"):

@@ -24,11 +24,14 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
 
 from .configuration_deepln import _DeepLNConfig
 from .decode_deepln import is_plain_linear, run_linear
 from .init_deepln import deferred_normal_init, normal_init_, xavier_normal_init_
 from .residual_deepln import ResidualConnection
+
+logger = logging.get_logger(__name__)
 
 CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 """Name of the KV-cache field of transformers' model outputs: ``cache`` from 5.24, ``past_key_values`` before."""
@@ -372,6 +375,12 @@ def run_blocks(
         hidden_states = call_eagerly(*finishing) if cache is None else _final_norm(*finishing[1:])
     if output_hidden_states:
         all_hidden_states += (hidden_states,)
+    if output_attentions and all_attentions and all_attentions[0] is None:
+        logger.warning_once(
+            "output_attentions=True: the attention weights are None, because only attn_implementation='eager' "
+            "computes them (SDPA, flash and flex attention never form them). Load the model with "
+            "attn_implementation='eager', or call model.set_attn_implementation('eager'), to get them."
+        )
     return (
         hidden_states,
         all_hidden_states if output_hidden_states else None,
@@ -409,6 +418,22 @@ def check_input_ids(
             "The tokenizer does not match the model: use the model's tokenizer, or call "
             "model.resize_token_embeddings(len(tokenizer)) before training."
         )
+
+
+def check_inputs(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> None:
+    """Raise ``ValueError`` unless exactly one of ``input_ids`` ``[batch, seq]`` and ``inputs_embeds``
+    ``[batch, seq, hidden]`` is given, with at least one position."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+    name, tensor, dims = ("input_ids", input_ids, 2) if input_ids is not None else ("inputs_embeds", inputs_embeds, 3)
+    if tensor.dim() != dims:
+        layout = "[batch, seq]" if dims == 2 else "[batch, seq, hidden]"
+        raise ValueError(
+            f"{name} must be {layout}, got shape {tuple(tensor.shape)}. For one sequence add the batch "
+            f"dimension: {name}.unsqueeze(0) (a tokenizer gives it with return_tensors='pt')."
+        )
+    if tensor.shape[1] == 0:
+        raise ValueError(f"{name} has no positions (shape {tuple(tensor.shape)}); pass at least one token.")
 
 
 def check_sequence_length(length: int | torch.Tensor, config: _DeepLNConfig) -> None:

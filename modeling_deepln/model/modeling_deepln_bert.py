@@ -28,6 +28,7 @@ from .layers_deepln import (
     build_blocks,
     call_eagerly,
     check_input_ids,
+    check_inputs,
     check_sequence_length,
     not_traced,
     pop_loss_kwargs,
@@ -136,8 +137,7 @@ class DeepLNBertModel(DeepLNBertPreTrainedModel):
             token_type_ids: segment ids (0 for the first sentence, 1 for the second); default all 0.
             position_ids: positions ``[batch, seq]``; default ``arange(seq)``.
         """
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        check_inputs(input_ids, inputs_embeds)
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         check_sequence_length(length, self.config)

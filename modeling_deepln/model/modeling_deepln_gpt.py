@@ -33,6 +33,7 @@ from .layers_deepln import (
     build_blocks,
     call_eagerly,
     check_input_ids,
+    check_inputs,
     check_sequence_length,
     keep_last_positions,
     not_traced,
@@ -121,8 +122,7 @@ class DeepLNGPTModel(DeepLNGPTPreTrainedModel):
             use_cache: return the updated cache (default ``config.use_cache``).
         """
         cache = cache if cache is not None else past_key_values
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        check_inputs(input_ids, inputs_embeds)
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
