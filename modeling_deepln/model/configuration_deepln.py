@@ -92,12 +92,12 @@ class _DeepLNConfig(PretrainedConfig):
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
-        """``from_pretrained(folder, residual_norm=..., num_attention_heads=...)``: transformers sets such keyword
-        overrides on the finished config with ``setattr``, past the checks of ``__init__``. deepln's own fields go
-        into the constructor instead (and so do near-misses of their names), so an override is validated like a
-        new config: a bad value or a typo raises there, not in the middle of a forward or never. A new ``residual_norm`` also brings that scheme's ``post_norm_form`` and
-        ``final_layer_norm`` (saved explicitly, so they would otherwise stay the old scheme's), unless those are
-        overridden too."""
+        """``from_pretrained(folder, residual_norm=..., num_attention_heads=...)``: transformers sets such
+        keyword overrides on the finished config with ``setattr``, past the checks of ``__init__``. deepln's own
+        fields go into the constructor instead (and so do near-misses of their names), so an override is
+        validated like a new config: a bad value or a typo raises there, not in the middle of a forward or
+        never. A new ``residual_norm`` also brings that scheme's ``post_norm_form`` and ``final_layer_norm``
+        (saved explicitly, so they would otherwise stay the old scheme's), unless those are overridden too."""
         own = {**_COMMON_DEFAULTS, **cls._family_defaults}
         misspelt = [key for key in kwargs if key not in own and difflib.get_close_matches(key, own, 1, 0.85)]
         overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in own or key in misspelt}
